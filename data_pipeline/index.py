@@ -1,0 +1,112 @@
+"""The compact tracklet index every reader produces and every sampler consumes.
+
+A split (train, query or gallery) is a `TrackletIndex`: one flat array of frame paths plus, per
+tracklet, where its frames start in that array, how many there are, its person id and camera id.
+Nothing here touches pixels; a MARS-sized index is a few tens of MB of strings and loads in
+seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackletIndex:
+  """Tracklets of one split.
+
+  Attributes:
+    frame_paths: str[F], every frame of every tracklet, tracklet after tracklet, in temporal
+      order. Paths are absolute (local or gs://).
+    starts: int64[N], index into `frame_paths` of each tracklet's first frame.
+    lengths: int32[N], number of frames of each tracklet (>= 1).
+    pids: int32[N], person id. Train splits are relabelled to 0..num_ids-1; test splits keep
+      the dataset's ids (MARS: -1 junk, 0 distractor).
+    camids: int32[N], 0-based camera id.
+  """
+  frame_paths: np.ndarray
+  starts: np.ndarray
+  lengths: np.ndarray
+  pids: np.ndarray
+  camids: np.ndarray
+
+  def __post_init__(self):
+    n = len(self.starts)
+    for name in ('lengths', 'pids', 'camids'):
+      if len(getattr(self, name)) != n:
+        raise ValueError(f'TrackletIndex.{name} has {len(getattr(self, name))} entries, '
+                         f'expected {n} (one per tracklet)')
+    if n and (self.lengths.min() < 1 or (self.starts + self.lengths).max() > len(self.frame_paths)
+              or self.starts.min() < 0):
+      raise ValueError('TrackletIndex: a tracklet points outside frame_paths '
+                       f'({len(self.frame_paths)} frames) or has no frames')
+
+  @classmethod
+  def from_lists(cls, tracklets: list[list[str]], pids, camids) -> 'TrackletIndex':
+    """Builds an index from per-tracklet lists of frame paths."""
+    lengths = np.array([len(t) for t in tracklets], np.int32)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(
+        tracklets) else np.zeros(0, np.int64)
+    paths = np.array([p for t in tracklets for p in t], dtype=object)
+    return cls(paths, starts, lengths, np.asarray(pids, np.int32), np.asarray(camids, np.int32))
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def frames(self, i: int) -> np.ndarray:
+    """The frame paths of tracklet `i`, in temporal order."""
+    s = int(self.starts[i])
+    return self.frame_paths[s:s + int(self.lengths[i])]
+
+  @property
+  def num_frames(self) -> int:
+    return int(self.lengths.sum())
+
+  @property
+  def num_ids(self) -> int:
+    return int(len(np.unique(self.pids)))
+
+  def subset(self, rows) -> 'TrackletIndex':
+    """A new index holding tracklets `rows` (in that order); frame paths are re-packed."""
+    rows = np.asarray(rows, np.int64)
+    pieces = [self.frame_paths[self.starts[r]:self.starts[r] + self.lengths[r]] for r in rows]
+    lengths = self.lengths[rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(
+        rows) else np.zeros(0, np.int64)
+    paths = np.concatenate(pieces) if pieces else np.zeros(0, dtype=object)
+    return TrackletIndex(paths, starts, lengths, self.pids[rows], self.camids[rows])
+
+  @staticmethod
+  def concat(a: 'TrackletIndex', b: 'TrackletIndex') -> 'TrackletIndex':
+    return TrackletIndex(
+        np.concatenate([a.frame_paths, b.frame_paths]),
+        np.concatenate([a.starts, b.starts + len(a.frame_paths)]),
+        np.concatenate([a.lengths, b.lengths]),
+        np.concatenate([a.pids, b.pids]),
+        np.concatenate([a.camids, b.camids]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A video re-ID dataset ready for training and evaluation under one gallery protocol.
+
+  Attributes:
+    name: reader name ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom').
+    train: training tracklets, pids relabelled to 0..num_train_ids-1.
+    query: query tracklets (original pids).
+    gallery: gallery tracklets for `protocol` (original pids).
+    protocol: 'official', 'torchreid' or 'cas' (see grl_jax.evaluation).
+    meta: free-form facts (root, split id, original train pids, ...).
+  """
+  name: str
+  train: TrackletIndex
+  query: TrackletIndex
+  gallery: TrackletIndex
+  protocol: str = 'torchreid'
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_train_ids(self) -> int:
+    return self.train.num_ids
