@@ -1,0 +1,77 @@
+"""inference.load on a converted tiny checkpoint: normalisation, clip and tracklet features."""
+import numpy as np
+import pytest
+
+from grl_jax import convert, inference
+from tests.test_convert import official_state
+
+MEAN = np.array([0.485, 0.456, 0.406]) * 255
+STD = np.array([0.229, 0.224, 0.225]) * 255
+T, H, W = 3, 32, 16
+
+
+@pytest.fixture(scope='module')
+def extractor(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('inference')
+  cnn, siamese = official_state()
+  np.savez(tmp / 'cnn.npz', **cnn)
+  np.savez(tmp / 'siamese.npz', **siamese)
+  convert.main(['--format=grl-official', f'--input={tmp / "cnn.npz"}',
+                f'--siamese={tmp / "siamese.npz"}', f'--output={tmp / "ckpt"}',
+                f'--config.data.seq_len={T}', '--config.data.test_sampling=dense',
+                '--config.eval.batch_size=4'])
+  return inference.load(str(tmp / 'ckpt'))
+
+
+def _frames(n, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+
+
+def test_load_rebuilds_the_model_from_meta(extractor):
+  from grl_jax.models import grl
+  assert isinstance(extractor.model, grl.GRL)
+  assert extractor.model.width == 4 and extractor.descriptor_distance == 'dot'
+  assert (extractor.seq_len, extractor.test_sampling, extractor.batch_size) == (T, 'dense', 4)
+
+
+def test_uint8_input_is_normalised_on_device(extractor):
+  clips = _frames(3 * T).reshape(3, T, H, W, 3)
+  raw = extractor.clip_features(clips)
+  manual = ((clips.astype(np.float64) - MEAN) / STD).astype(np.float32)
+  ref = extractor.clip_features(manual, normalized=True)
+  assert raw.shape == (3, 3 * 128) and raw.dtype == np.float32
+  np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-5)
+  import jax
+  direct = jax.jit(lambda v, x: extractor.model.apply(v, x, train=False)['descriptor'])(
+      extractor.variables, manual)
+  np.testing.assert_allclose(raw, np.asarray(direct), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='uint8'):
+    extractor.clip_features(clips, normalized=True)
+
+
+def test_dense_tracklet_feature_is_the_mean_of_its_clips(extractor):
+  frames = _frames(7, seed=1)
+  # Dense T=3 clips of 7 frames (grl.md §8.1): [0,1,2], [3,4,5], then [6] cycled.
+  clips = frames[np.array([[0, 1, 2], [3, 4, 5], [6, 6, 6]])]
+  expected = extractor.clip_features(clips).mean(axis=0)  # averaged, not re-normalised
+  np.testing.assert_allclose(extractor.tracklet_features(frames), expected, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_rrs_test_tracklet_feature_is_one_clip(extractor):
+  frames = _frames(7, seed=2)
+  extractor.test_sampling = 'rrs_test'
+  try:
+    feature = extractor.tracklet_features(frames)
+  finally:
+    extractor.test_sampling = 'dense'
+  # RRS chunks of ceil(7/3) = 3 frames; the first frame of each: 0, 3, 6.
+  expected = extractor.clip_features(frames[np.array([[0, 3, 6]])])[0]
+  np.testing.assert_allclose(feature, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_shapes_are_errors(extractor):
+  with pytest.raises(ValueError, match=r'\[B, T, H, W, 3\]'):
+    extractor.clip_features(np.zeros((T, H, W, 3), np.uint8))
+  with pytest.raises(ValueError, match=r'\[n >= 1, H, W, 3\]'):
+    extractor.tracklet_features(np.zeros((0, H, W, 3), np.uint8))
