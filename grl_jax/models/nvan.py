@@ -1,0 +1,411 @@
+"""NVAN and STE-NVAN (Liu et al., BMVC 2019) as the released code builds them.
+
+Spec: shared/reference/nvan_iaunet.md Part A; official code: jackie840129/STE-NVAN (HEAD 3042bc8),
+`net/resnet.py` (blocks, backbones) and `net/models.py` (BNNeck head).
+
+Two registered models:
+
+* `nvan`: ResNet-50 (last stride 1, no ReLU after the stem BN, as released) with embedded-Gaussian
+  space-time non-local (NL) blocks after bottlenecks 2, 3 of layer2 and 3, 4, 5 of layer3
+  (`non_layers=(0, 2, 3, 0)`), 3D average pooling over (T, H, W) and a BNNeck.
+* `ste_nvan`: the same positions with stripe non-local blocks (16 horizontal stripes; pool, then
+  embed, broadcast back) whose attention runs within consecutive frame pairs, and a stride-2
+  temporal max pool after layer2 and after layer3 (T: 8 -> 4 -> 2). `nl_temporal_groups='clip'`
+  switches to the temporally global attention drawn in the paper's figure (an ablation; the
+  released checkpoint uses 'pairs').
+
+Frames are processed as a clip-major batch of images [B*T, H, W, C] (rows b*T + t), exactly like
+the official code, so pairs (2i, 2i+1) never cross a clip when T is even.
+
+Outputs (BNNeck contract): train -> `feature` f32[B, 2048] (pre-BN 3D-pooled feature, the
+triplet input), `logits` f32[B, num_classes]; eval -> `descriptor` f32[B, 2048], the BNNeck output
+with running statistics (the official test feature; compared with cosine distance), plus
+`feature`.
+
+Model config fields (`config.model`, all optional except `name`):
+  resnet_depth (50), resnet_width (64: stem width; tests use tiny widths), last_stride (1),
+  stem_relu (False: the released code has no ReLU after bn1), non_layers ((0, 2, 3, 0): NL blocks
+  after the last k bottlenecks of layer1..4), stripes (16, STE-NVAN), nl_temporal_groups
+  ('pairs' | 'clip', STE-NVAN), nl_query_chunk (1024; 0 = materialise the whole affinity),
+  stage_sizes (overrides resnet_depth; tests), dtype ('float32' | 'bfloat16': convolutions;
+  θ, φ, the attention logits and softmax are always float32).
+  The classifier exists only in the training graph: initialise with `train=True`.
+
+Attention memory (benchmarks/model_cost.py, XLA CPU buffer assignment of one training step at
+the recipe batch, 32 clips x 8 frames x 256 x 128): the layer2 affinity is 4096 x 4096 per clip
+(2 GiB per block for the batch, plus its softmax kept for the backward pass). Materialised whole
+(`nl_query_chunk=0`) the step needs 41.1 GiB of temporaries; with queries in chunks of 1024 rows,
+each chunk recomputed in the backward pass (`softmax_attention`), 29.9 GiB (the trunk alone:
+23.6 GiB). Softmax rows are independent, so chunking changes no result, only memory; a
+flash-style online softmax over key blocks is not needed because a whole key row (4096) is
+small. The recompute costs one extra forward of the attention (~17 GMACs per clip).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grl_jax.models import ModelSpec, register, resnet
+
+Array = jax.Array
+
+# ------------------------------------------------------------------------------------------------
+# Initialisers matching PyTorch defaults.
+
+
+def torch_default_kernel_init() -> Callable:
+  """nn.Conv/nn.Linear default weight init: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+  """nn.Conv/nn.Linear default bias init: U(±1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def torch_dense(features: int, fan_in: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
+  """A 1x1(x1) convolution with bias, initialised as PyTorch does."""
+  return nn.Dense(features, use_bias=True, dtype=dtype, name=name,
+                  kernel_init=torch_default_kernel_init(),
+                  bias_init=torch_default_bias_init(fan_in))
+
+
+def zero_init_bn(train: bool, name: str) -> nn.BatchNorm:
+  """The residual-update BN of a non-local block: gamma = beta = 0 (block = identity at init)."""
+  return resnet.batch_norm(train, name=name, scale_init=nn.initializers.zeros)
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention core.
+
+
+def softmax_attention(q: Array, k: Array, v: Array, query_chunk: int = 0) -> Array:
+  """Y = softmax(Q Kᵀ) V per group, without the 1/sqrt(d) scaling (spec §A2).
+
+  Args:
+    q, k: [G, N, D] queries and keys; v: [G, N, Dv].
+    query_chunk: 0 computes the whole [G, N, N] affinity at once. Otherwise queries are processed
+      in chunks of this many rows inside a `lax.map`, each chunk rematerialised in the backward
+      pass (`jax.checkpoint`): the live affinity is [G, chunk, N] in both passes instead of
+      [G, N, N] (which, for NVAN's layer2 at the recipe batch, is 32·4096² floats = 2.1 GB per
+      block, kept for the backward pass). Softmax rows are independent, so the result is the
+      same up to float rounding.
+
+  Returns:
+    [G, N, Dv] float32.
+  """
+  q = q.astype(jnp.float32)
+  k = k.astype(jnp.float32)
+  v = v.astype(jnp.float32)
+  n = q.shape[1]
+
+  def rows(q_rows: Array) -> Array:
+    # No scaling makes the logits large (O(10^2..10^3)); keep them in true float32.
+    logits = jnp.einsum('gqd,gkd->gqk', q_rows, k, precision=jax.lax.Precision.HIGHEST)
+    attn = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum('gqk,gkd->gqd', attn, v, precision=jax.lax.Precision.HIGHEST)
+
+  if not query_chunk or query_chunk >= n:
+    return rows(q)
+  num_chunks = -(-n // query_chunk)
+  pad = num_chunks * query_chunk - n
+  if pad:
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0)))
+  g, _, d = q.shape
+  q_chunks = q.reshape(g, num_chunks, query_chunk, d).transpose(1, 0, 2, 3)
+  y = jax.lax.map(jax.checkpoint(rows), q_chunks)            # [chunks, G, chunk, Dv]
+  y = y.transpose(1, 0, 2, 3).reshape(g, num_chunks * query_chunk, v.shape[-1])
+  return y[:, :n]
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-local blocks.
+
+
+class NonLocalBlock(nn.Module):
+  """Embedded-Gaussian non-local block over token groups (Wang et al.; spec §A2).
+
+  Z = X + BN(W · softmax(θ(X) φ(X)ᵀ) g(X)), θ, φ, g: 1x1x1 convs C -> C/2 with bias, W: C/2 -> C
+  with bias, BN zero-initialised (γ = β = 0) so the block is the identity at initialisation.
+  The BN statistics run over every token of every group (BatchNorm3d over (B, T, H, W)).
+
+  Input/Output: x [G, N, C] (G groups, e.g. clips, of N = T·H·W tokens).
+  """
+  inter_channels: int | None = None
+  query_chunk: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    c = x.shape[-1]
+    ci = self.inter_channels or max(c // 2, 1)
+    # θ and φ in float32 even under a bfloat16 trunk: the unscaled logits θφᵀ are O(10²-10³),
+    # and bf16 embeddings would move them by whole units (spec §A9).
+    xf = x.astype(jnp.float32)
+    theta = torch_dense(ci, c, 'theta', jnp.float32)(xf)
+    phi = torch_dense(ci, c, 'phi', jnp.float32)(xf)
+    g = torch_dense(ci, c, 'g', self.dtype)(x)
+    y = softmax_attention(theta, phi, g, self.query_chunk).astype(self.dtype)
+    w_y = torch_dense(c, ci, 'w_conv', self.dtype)(y)
+    w_y = resnet.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
+    return (w_y + x).astype(x.dtype)
+
+
+def stripe_pool(x: Array, stripes: int) -> Array:
+  """Mean over each of `stripes` horizontal stripes (rows and full width); spec §A3.1.
+
+  x: [G, T, H, W, C] -> [G, T, S, C]; stripe s covers rows [s·H/S, (s+1)·H/S).
+  """
+  g, t, h, w, c = x.shape
+  if h % stripes:
+    raise ValueError(f'stripe non-local: feature height {h} is not divisible by '
+                     f'model.stripes={stripes}')
+  x = x.reshape(g, t, stripes, h // stripes, w, c)
+  return jnp.mean(x.astype(jnp.float32), axis=(3, 4)).astype(x.dtype)
+
+
+def stripe_broadcast(y: Array, height: int, width: int) -> Array:
+  """Inverse layout of `stripe_pool`: [G, T, S, C] -> [G, T, H, W, C], each stripe's vector
+  repeated over its H/S rows and all W columns (top stripe to the top rows)."""
+  g, t, s, c = y.shape
+  y = jnp.broadcast_to(y[:, :, :, None, None, :], (g, t, s, height // s, width, c))
+  return y.reshape(g, t, height, width, c)
+
+
+class StripeNonLocalBlock(nn.Module):
+  """Stripe non-local block of STE-NVAN (spec §A3.1, official `Stripe_NonLocalBlock`, 'mean').
+
+  P = stripe-mean(X) ∈ [G, T_g, S, C]; θ, φ, g act on P (pool first, then embed), the T_g·S
+  stripe tokens of a group attend to each other (softmax over keys, no scaling), W + zero-init
+  BN (statistics over all stripe tokens), then the per-stripe output is broadcast back over the
+  stripe's rows and columns and added: Z = X + broadcast(BN(W · softmax(θ φᵀ) g)).
+
+  Input/Output: x [G, T_g, H, W, C].
+  """
+  stripes: int = 16
+  inter_channels: int | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    gr, t, h, w, c = x.shape
+    ci = self.inter_channels or max(c // 2, 1)
+    p = stripe_pool(x, self.stripes).reshape(gr, t * self.stripes, c)
+    pf = p.astype(jnp.float32)   # float32 logits, as in NonLocalBlock.
+    theta = torch_dense(ci, c, 'theta', jnp.float32)(pf)
+    phi = torch_dense(ci, c, 'phi', jnp.float32)(pf)
+    g = torch_dense(ci, c, 'g', self.dtype)(p)
+    y = softmax_attention(theta, phi, g).astype(self.dtype)
+    w_y = torch_dense(c, ci, 'w_conv', self.dtype)(y)
+    w_y = resnet.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
+    w_y = stripe_broadcast(w_y.reshape(gr, t, self.stripes, c), h, w)
+    return (w_y + x).astype(x.dtype)
+
+
+def temporal_max_pool(frames: Array) -> Array:
+  """Stride-2 temporal max pool of a clip-major frame batch (spec §A3.2).
+
+  frames: [B·T, H, W, C] (rows b·T + t, T even) -> [B·T/2, H, W, C], row b·T/2 + i being the
+  element-wise max of frames 2i and 2i+1 of clip b.
+  """
+  n = frames.shape[0]
+  if n % 2:
+    raise ValueError(f'temporal max pool: {n} frames in the batch cannot be paired')
+  return jnp.max(frames.reshape(n // 2, 2, *frames.shape[1:]), axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The network.
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def parse_dtype(name: Any, owner: str) -> Any:
+  if not isinstance(name, str):
+    return name
+  if name not in _DTYPES:
+    raise ValueError(f'{owner}: model.dtype={name!r}; expected one of {sorted(_DTYPES)}')
+  return _DTYPES[name]
+
+
+def nl_positions(num_blocks: int, num_nl: int) -> tuple[int, ...]:
+  """Bottleneck indices followed by a non-local block: the last `num_nl` of the stage.
+
+  Official `NL_s_idx = sorted(layers[s] - (i+1) for i < non_layers[s])`; NL_s.i follows the
+  i-th of them, e.g. layer3 (6 blocks, 3 NL): after b3, b4, b5.
+  """
+  if not 0 <= num_nl <= num_blocks:
+    raise ValueError(f'model.non_layers: {num_nl} non-local blocks requested in a stage of '
+                     f'{num_blocks} bottlenecks')
+  return tuple(range(num_blocks - num_nl, num_blocks))
+
+
+class NVAN(nn.Module):
+  """NVAN / STE-NVAN: ResNet + non-local blocks + 3D average pooling + BNNeck (spec §A1-A4).
+
+  frames f[B, T, H, W, 3] (ImageNet-normalised RGB) -> dict (see module docstring).
+
+  Attributes:
+    num_classes: training identities (classifier width).
+    stage_sizes, width, last_stride, stem_relu: the ResNet trunk (`grl_jax.models.resnet`).
+    non_layers: NL blocks after the last k bottlenecks of each of the 4 stages.
+    nl_type: 'full' (NVAN space-time NL over all T·H·W positions of a group) or 'stripe'
+      (STE-NVAN stripe NL).
+    stripes: horizontal stripes of the stripe NL.
+    temporal_reduction: stride-2 temporal max pool after layer2 and layer3 (STE-NVAN).
+    nl_temporal_groups: frames that attend to each other: 'clip' (all current frames of a clip)
+      or 'pairs' (consecutive frame pairs, the released STE-NVAN code).
+    nl_query_chunk: query rows per attention chunk of the 'full' NL (0 = no chunking).
+    dtype: compute dtype of convolutions.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  last_stride: int = 1
+  stem_relu: bool = False
+  non_layers: Sequence[int] = (0, 2, 3, 0)
+  nl_type: str = 'full'
+  stripes: int = 16
+  temporal_reduction: bool = False
+  nl_temporal_groups: str = 'clip'
+  nl_query_chunk: int = 1024
+  dtype: Any = jnp.float32
+
+  def _check(self, t: int) -> None:
+    owner = f'{type(self).__name__}'
+    if self.nl_type not in ('full', 'stripe'):
+      raise ValueError(f"{owner}: nl_type={self.nl_type!r}; expected 'full' or 'stripe'")
+    if self.nl_temporal_groups not in ('clip', 'pairs'):
+      raise ValueError(f"{owner}: model.nl_temporal_groups={self.nl_temporal_groups!r}; "
+                       f"expected 'clip' or 'pairs'")
+    if len(self.non_layers) != len(self.stage_sizes):
+      raise ValueError(f'{owner}: model.non_layers={tuple(self.non_layers)} needs one entry per '
+                       f'stage ({len(self.stage_sizes)})')
+    # Pairs and stride-2 pools must stay inside a clip: T = 8 -> 4 -> 2 in the recipe.
+    if self.temporal_reduction and t % 4:
+      raise ValueError(f'{owner}: temporal reduction halves T twice; clip length T={t} must be '
+                       f'a multiple of 4 (recipe: 8)')
+    if self.nl_temporal_groups == 'pairs' and t % 2:
+      raise ValueError(f'{owner}: pairwise non-local needs an even clip length, got T={t}')
+
+  def _non_local(self, stage: int, index: int, x: Array, t: int, train: bool) -> Array:
+    """One NL block on the frame batch x [B·t, h, w, C] (clip-major)."""
+    n, h, w, c = x.shape
+    group = 2 if self.nl_temporal_groups == 'pairs' else t
+    name = f'nl{stage}_{index}'
+    xg = x.reshape(n // group, group, h, w, c)
+    if self.nl_type == 'full':
+      y = NonLocalBlock(query_chunk=self.nl_query_chunk, dtype=self.dtype, name=name)(
+          xg.reshape(n // group, group * h * w, c), train)
+    else:
+      y = StripeNonLocalBlock(self.stripes, dtype=self.dtype, name=name)(xg, train)
+    return y.reshape(n, h, w, c)
+
+  @nn.compact
+  def __call__(self, frames: Array, train: bool = False) -> dict[str, Array]:
+    if frames.ndim != 5:
+      raise ValueError(f'{type(self).__name__}: frames must be [B, T, H, W, 3], got '
+                       f'{frames.shape}')
+    b, t = frames.shape[:2]
+    self._check(t)
+    x = frames.reshape(b * t, *frames.shape[2:])
+    x = resnet.stem(x, train, width=self.width, stem_relu=self.stem_relu, dtype=self.dtype)
+    num_stages = len(self.stage_sizes)
+    for s in range(1, num_stages + 1):
+      stride = 1 if s == 1 else (self.last_stride if s == num_stages else 2)
+      after = nl_positions(self.stage_sizes[s - 1], self.non_layers[s - 1])
+      for j in range(self.stage_sizes[s - 1]):
+        x = resnet.Bottleneck(self.width * 2 ** (s - 1), stride if j == 0 else 1, j == 0,
+                              self.dtype, name=resnet.block_name(s, j))(x, train)
+        if j in after:
+          x = self._non_local(s, after.index(j), x, t, train)
+      if self.temporal_reduction and s in (2, 3):
+        x = temporal_max_pool(x)
+        t //= 2
+    # 3D average pooling over (T', h, w) of each clip (`--temporal Done`).
+    feature = jnp.mean(x.astype(jnp.float32).reshape(b, -1, x.shape[-1]), axis=1)
+    # BNNeck: beta frozen at 0 in the official code (requires_grad False, init 0) == no bias.
+    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                      name='bnneck')(feature)
+    if not train:
+      # The classifier is train-only (initialise with train=True): eval and inference never
+      # need the identity count.
+      return {'descriptor': bn, 'feature': feature}
+    logits = nn.Dense(self.num_classes, use_bias=False, dtype=jnp.float32,
+                      kernel_init=nn.initializers.normal(0.001), name='classifier')(bn)
+    return {'feature': feature, 'logits': logits}
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry.
+
+# Per-model defaults that differ between the two registered names.
+_VARIANTS = {
+    'nvan': dict(nl_type='full', temporal_reduction=False, nl_temporal_groups='clip'),
+    'ste_nvan': dict(nl_type='stripe', temporal_reduction=True, nl_temporal_groups='pairs'),
+}
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+  if cfg is None:
+    return default
+  if hasattr(cfg, 'get'):
+    value = cfg.get(key, default)
+  else:
+    value = getattr(cfg, key, default)
+  return default if value is None else value
+
+
+def build_model(model_cfg: Any, num_classes: int, variant: str | None = None) -> NVAN:
+  """NVAN / STE-NVAN from `config.model` (fields in the module docstring)."""
+  variant = variant or _get(model_cfg, 'name', 'nvan')
+  if variant not in _VARIANTS:
+    raise ValueError(f'nvan.build_model: model.name={variant!r}; expected one of '
+                     f'{sorted(_VARIANTS)}')
+  defaults = _VARIANTS[variant]
+  stage_sizes = _get(model_cfg, 'stage_sizes', None)
+  if stage_sizes is None:
+    stage_sizes = resnet.stage_sizes_for(int(_get(model_cfg, 'resnet_depth', 50)))
+  return NVAN(
+      num_classes=int(num_classes),
+      stage_sizes=tuple(int(v) for v in stage_sizes),
+      width=int(_get(model_cfg, 'resnet_width', 64)),
+      last_stride=int(_get(model_cfg, 'last_stride', 1)),
+      stem_relu=bool(_get(model_cfg, 'stem_relu', False)),
+      non_layers=tuple(int(v) for v in _get(model_cfg, 'non_layers', (0, 2, 3, 0))),
+      nl_type=defaults['nl_type'],
+      stripes=int(_get(model_cfg, 'stripes', 16)),
+      temporal_reduction=defaults['temporal_reduction'],
+      nl_temporal_groups=str(_get(model_cfg, 'nl_temporal_groups',
+                                  defaults['nl_temporal_groups'])),
+      nl_query_chunk=int(_get(model_cfg, 'nl_query_chunk', 1024)),
+      dtype=parse_dtype(_get(model_cfg, 'dtype', 'float32'), f'model {variant}'),
+  )
+
+
+def _bnneck_objective(loss_cfg: Any, num_classes: int):
+  from grl_jax import objectives  # Lazy: keeps model import light.
+  return objectives.BNNeckObjective(loss_cfg, num_classes)
+
+
+@register('nvan')
+def nvan_spec() -> ModelSpec:
+  # The official evaluation L2-normalises the BNNeck outputs and ranks by -cos (util/cmc.py).
+  return ModelSpec(build=functools.partial(build_model, variant='nvan'),
+                   objective=_bnneck_objective, descriptor_distance='cosine')
+
+
+@register('ste_nvan')
+def ste_nvan_spec() -> ModelSpec:
+  return ModelSpec(build=functools.partial(build_model, variant='ste_nvan'),
+                   objective=_bnneck_objective, descriptor_distance='cosine')
