@@ -1,0 +1,467 @@
+"""Shared defaults, argument parsing, presets and start-up validation of every grl_jax config.
+
+A config module (`configs/mars.py`, ...) exposes `get_config(arg)`; `arg` is the short string
+after the colon of `--config=configs/mars.py:model=grl,accel=gpu,runlocal` (big_vision style):
+comma-separated `key=value` pairs, a bare `key` meaning `key=True`. The module builds
+
+  base defaults (`base_config`)
+  <- the model family's published recipe (`configs/models/<family>.py:recipe(name)`)
+  <- dataset facts (root, protocol, splits)
+  <- the accelerator preset (`apply_accel`) and, if asked, the quick local run (`apply_runlocal`)
+
+and returns a *locked* ConfigDict: a mistyped `--config.optim.lr_multt=...` override, or a recipe
+setting a field that does not exist, is an error instead of a silently ignored value.
+
+`validate(config)` runs in `grl_jax.train` before anything is compiled; it checks enums, the
+batch composition against the device count, and that the data root exists (with a message
+saying what the dataset's directory must contain and where it comes from).
+
+Schema (every field has a default here, so a recipe can only change existing fields):
+
+  seed                      int, one seed for init, sampling and augmentation.
+  data.*                    see `_data_defaults` (read by data_pipeline).
+  model.*                   owned by the model family's recipe; `name` picks the registry entry.
+  loss.*                    owned by the recipe (objective options).
+  optim.*                   see `_optim_defaults` (read by grl_jax.optim).
+  train.*                   see `_train_defaults` (read by grl_jax.train).
+  eval.*                    see `_eval_defaults`.
+  init.*                    optional warm start from a converted checkpoint (ImageNet ResNet).
+  mesh.data                 devices on the 'data' mesh axis; -1 = all devices.
+  rng_impl                  JAX PRNG implementation ('rbg', 'threefry2x32', 'unsafe_rbg').
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+DATASETS = ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom')
+PROTOCOLS = ('official', 'torchreid', 'cas')
+TRAIN_SAMPLINGS = ('rrs', 'stride', 'evenly', 'random')
+TEST_SAMPLINGS = ('rrs_test', 'dense', 'evenly')
+BATCH_SAMPLERS = ('pair', 'pk')
+ERASING_MODES = ('frame', 'clip')
+OPTIMIZERS = ('sgd', 'adam')
+DTYPES = ('float32', 'bfloat16')
+ACCELS = ('cpu', 'gpu', 'tpu')
+AGGREGATES = ('mean',)
+RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
+# Model name -> configs/models/<family>.py holding its recipe.
+MODEL_FAMILIES = {'grl': 'grl', 'nvan': 'nvan', 'ste_nvan': 'nvan', 'iaunet': 'iaunet'}
+
+# What each dataset's root must contain and where to get it; quoted by `validate` when the root
+# is missing (the readers in data_pipeline/datasets check the details).
+DATASET_HELP = {
+    'mars': (
+        'MARS: <root>/bbox_train/, <root>/bbox_test/ (the frame crops, from the MARS release: '
+        'bbox_train.zip, bbox_test.zip, http://zheng-lab.cecs.anu.edu.au/Project/'
+        'project_mars.html) and <root>/info/{train_name.txt,test_name.txt,tracks_train_info.mat,'
+        'tracks_test_info.mat,query_IDX.mat} (from github.com/liangzheng06/MARS-evaluation, '
+        'folder info/)'),
+    'duke': (
+        'DukeMTMC-VideoReID: <root>/{train,query,gallery}/<pid4>/<tracklet4>/*.jpg (unzip '
+        'DukeMTMC-VideoReID.zip, github.com/Yu-Wu/DukeMTMC-VideoReID)'),
+    'ilids': (
+        'iLIDS-VID: <root>/i-LIDS-VID/sequences/cam{1,2}/personNNN/*.png and <root>/'
+        'train-test people splits/train_test_splits_ilidsvid.mat (untar iLIDS-VID.tar; the '
+        'splits file comes with it or with the official site)'),
+    'prid': (
+        'PRID-2011: <root>/prid_2011/multi_shot/cam_{a,b}/person_NNNN/*.png (untar '
+        'prid_2011.zip from the TU Graz PRID 2011 page)'),
+    'lsvid': (
+        'LS-VID: <root>/list_sequence/, <root>/tracklet_train/, <root>/tracklet_val/, '
+        '<root>/tracklet_test/ and <root>/test/data/info_test.mat (from the LS-VID release)'),
+    'custom': ('custom: a CSV file (or a directory holding dataset.csv) with columns '
+               'path,pid,camid,tracklet,split[,frame]; see data_pipeline/datasets/custom.py'),
+}
+# Directory name under $GRL_JAX_DATA (default ./data) that the dataset configs use as root.
+DEFAULT_DIRS = {'mars': 'MARS', 'duke': 'DukeMTMC-VideoReID', 'ilids': 'iLIDS-VID',
+                'prid': 'PRID-2011', 'lsvid': 'LS-VID', 'custom': 'custom'}
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the system cannot run with; the message names the field."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument string
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Parses `get_config`'s argument string `'k1=v1,k2,k3=v3'` against typed `defaults`.
+
+  A bare `k` sets `k=True`. Values are converted to the type of the default (bool accepts
+  true/false/1/0). Unknown keys raise `ConfigError` listing the known ones.
+  """
+  out = ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(','):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f'config argument {key!r} (in {arg!r}) is unknown; known: '
+                        f'{sorted(defaults)}')
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ConfigError(f'config argument {key!r} needs a value ({key}=...)')
+      out[key] = True
+      continue
+    value = value.strip()
+    if isinstance(default, bool):
+      if value.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
+        raise ConfigError(f'config argument {key}={value!r}: expected true/false')
+      out[key] = value.lower() in ('true', '1', 'yes')
+    elif isinstance(default, int):
+      try:
+        out[key] = int(value)
+      except ValueError as e:
+        raise ConfigError(f'config argument {key}={value!r}: expected an int') from e
+    elif isinstance(default, float):
+      try:
+        out[key] = float(value)
+      except ValueError as e:
+        raise ConfigError(f'config argument {key}={value!r}: expected a float') from e
+    else:
+      out[key] = value
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults
+
+
+def _data_defaults() -> ConfigDict:
+  return ConfigDict(dict(
+      dataset='mars',
+      root='',                   # '' with synthetic.enabled: <workdir>/data
+      protocol='torchreid',      # gallery composition (grl_jax.evaluation)
+      split_id=0,                # iLIDS-VID / PRID-2011 split (0..9)
+      height=256,
+      width=128,
+      seq_len=8,                 # T frames per clip
+      train_sampling='rrs',
+      sample_stride=4,           # for train_sampling='stride'
+      test_sampling='rrs_test',
+      batch_sampler='pair',
+      p=0,                       # identities per batch (batch_sampler='pk'; 0 = B / k)
+      k=0,                       # tracklets per identity ('pk'; 0 = B / p, or 4 if both 0)
+      pk_mode='replace',         # see data_pipeline.samplers
+      flip=True,
+      erasing_prob=0.0,
+      erasing_mode='frame',
+      pad_crop=0,
+      strict=False,              # corrupt/missing frame: raise instead of replacing
+      prefetch=2,                # batches prepared ahead
+      threads=0,                 # tf.data private thread pool (0 = tf.data's default)
+      synthetic=ConfigDict(dict(
+          enabled=False,         # generate a MARS-format synthetic dataset if absent
+          num_train_ids=64,
+          num_test_ids=32,
+          seed=0,
+          height=256,
+          width=128,
+      )),
+  ))
+
+
+def _optim_defaults() -> ConfigDict:
+  return ConfigDict(dict(
+      name='sgd',                # 'sgd' (momentum, optionally Nesterov) or 'adam'
+      lr=1e-3,                   # base learning rate (multiplier 1)
+      momentum=0.9,              # sgd
+      nesterov=True,             # sgd
+      b1=0.9,                    # adam
+      b2=0.999,                  # adam
+      eps=1e-8,                  # adam
+      weight_decay=5e-4,         # coupled L2 (added to the gradient before momentum/Adam)
+      no_decay=(),               # regexes of params excluded from weight decay
+      frozen=(),                 # regexes of params that never change
+      # (regex on the '/'-joined param path, lr multiplier); first match wins, default 1.
+      lr_mult=(),
+      epochs=60,                 # training length in epochs (train.num_steps overrides)
+      decay_epochs=(15, 30, 45),  # lr *= decay_factor at the start of each
+      decay_factor=0.1,
+      warmup_epochs=0.0,         # linear warm-up from 0 (0 = none, as in all three recipes)
+      grad_clip_norm=0.0,        # global-norm clipping (0 = off)
+  ))
+
+
+def _train_defaults() -> ConfigDict:
+  return ConfigDict(dict(
+      global_batch_size=16,      # clips per step over all devices (GRL: 8 pairs)
+      per_device_batch_size=-1,  # > 0: global batch = this x device count (overrides)
+      num_steps=-1,              # -1: optim.epochs x steps_per_epoch
+      steps_per_epoch=-1,        # -1: from the batch sampler (one pass over the train set)
+      log_every_steps=50,
+      eval_every_epochs=5,       # 0: evaluate only at the end
+      eval_at_start=False,       # also evaluate the untrained model (step 0)
+      checkpoint_every_steps=1000,
+      keep_checkpoints=2,        # latest K kept, plus the best by validation mAP
+      async_checkpoints=True,
+  ))
+
+
+def _eval_defaults() -> ConfigDict:
+  return ConfigDict(dict(
+      batch_size=32,             # clips per eval batch over all devices
+      aggregate='mean',          # clip descriptors -> one per tracklet (official dense protocol)
+      max_rank=50,
+      subset_ids=0,              # > 0: evaluate on the first N query identities only (quick runs)
+      ranked_list=True,          # write a ranked-list PNG after the final evaluation
+      ranked_list_queries=4,
+      best_metric='mAP',         # which metric picks the best checkpoint
+  ))
+
+
+def base_config() -> ConfigDict:
+  """All fields with neutral defaults; recipes and dataset configs override them."""
+  config = ConfigDict()
+  config.seed = 0
+  config.data = _data_defaults()
+  config.model = ConfigDict({'name': 'grl'})
+  config.loss = ConfigDict()
+  config.optim = _optim_defaults()
+  config.train = _train_defaults()
+  config.eval = _eval_defaults()
+  config.init = ConfigDict(dict(
+      checkpoint='',             # checkpoint dir written by grl_jax.convert (or a workdir)
+      prefix='',                 # '/'-path in the model's params where its tree goes
+      step=-1,                   # -1: latest
+  ))
+  config.mesh = ConfigDict({'data': -1})
+  # JAX PRNG behind parameter init and in-model randomness. 'rbg' compiles the initialiser
+  # 3-4x faster than JAX's default 'threefry2x32' (a GRL init: 30 s -> 8 s on 2 CPU cores) and
+  # is fast on TPU; streams differ between implementations, not between runs or device counts.
+  # (The data pipeline draws its randomness from numpy, independently of this.)
+  config.rng_impl = 'rbg'
+  config.accel = 'cpu'           # informational: the preset applied
+  return config
+
+
+def default_root(dataset: str) -> str:
+  """`$GRL_JAX_DATA/<dataset dir>` (GRL_JAX_DATA defaults to ./data)."""
+  return os.path.join(os.environ.get('GRL_JAX_DATA', 'data'), DEFAULT_DIRS[dataset])
+
+
+# ------------------------------------------------------------------------------------------------
+# Assembly
+
+
+def _merge(section: ConfigDict, overrides: ConfigDict | dict, where: str):
+  """Updates existing fields of `section` only; an unknown field is a ConfigError."""
+  for key, value in dict(overrides).items():
+    if key not in section:
+      raise ConfigError(f'{where}: field {key!r} does not exist in the base config '
+                        f'(known: {sorted(section.keys())})')
+    if isinstance(section[key], ConfigDict) and isinstance(value, (dict, ConfigDict)):
+      _merge(section[key], value, f'{where}.{key}')
+    else:
+      with section.ignore_type():
+        section[key] = value
+
+
+def recipe(model: str) -> ConfigDict:
+  """The published recipe of `model` from configs/models/<family>.py."""
+  if model not in MODEL_FAMILIES:
+    raise ConfigError(f'model={model!r} has no recipe; known: {sorted(MODEL_FAMILIES)}')
+  module = importlib.import_module(f'configs.models.{MODEL_FAMILIES[model]}')
+  return module.recipe(model)
+
+
+def get_config(dataset: str, model: str = 'grl') -> ConfigDict:
+  """Base defaults + the model's recipe for `dataset` (unlocked; callers lock)."""
+  config = base_config()
+  config.data.dataset = dataset
+  config.data.root = default_root(dataset)
+  r = recipe(model)
+  config.model = ConfigDict(r.model)
+  config.loss = ConfigDict(r.get('loss', {}))
+  for section in ('optim', 'data', 'train', 'eval'):
+    if section in r:
+      _merge(config[section], r[section], f'configs/models/{MODEL_FAMILIES[model]}.py '
+             f'recipe({model!r}).{section}')
+  return config
+
+
+def apply_accel(config: ConfigDict, accel: str) -> ConfigDict:
+  """Accelerator preset: compute dtype and eval batch. The training batch stays the recipe's.
+
+  cpu: float32. gpu / tpu: bfloat16 compute (params, BN statistics and losses stay float32),
+  larger eval batches. The mesh is always one 'data' axis over all devices.
+  """
+  if accel not in ACCELS:
+    raise ConfigError(f'accel={accel!r}: expected one of {ACCELS}')
+  config.accel = accel
+  if 'dtype' in config.model:
+    config.model.dtype = 'float32' if accel == 'cpu' else 'bfloat16'
+  config.eval.batch_size = {'cpu': 16, 'gpu': 64, 'tpu': 128}[accel]
+  config.data.prefetch = 2 if accel == 'cpu' else 4
+  return config
+
+
+def apply_runlocal(config: ConfigDict) -> ConfigDict:
+  """A quick smoke run on a laptop: a few small steps, tiny eval on a few identities."""
+  config.train.global_batch_size = 4
+  config.train.per_device_batch_size = -1
+  config.train.num_steps = 10
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 5
+  config.train.eval_every_epochs = 0
+  config.eval.batch_size = 4
+  config.eval.subset_ids = 5
+  config.eval.ranked_list_queries = 2
+  config.data.test_sampling = 'rrs_test'
+  config.data.prefetch = 1
+  return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_enum(config: ConfigDict, path: str, allowed):
+  value = config
+  for part in path.split('.'):
+    value = value[part]
+  if value not in allowed:
+    raise ConfigError(f'config.{path}={value!r}: expected one of {tuple(allowed)}')
+
+
+def global_batch_size(config: ConfigDict, device_count: int) -> int:
+  """The effective global batch: per_device x devices when per_device_batch_size > 0."""
+  if config.train.per_device_batch_size > 0:
+    return int(config.train.per_device_batch_size) * device_count
+  return int(config.train.global_batch_size)
+
+
+def mesh_devices(config: ConfigDict, device_count: int) -> int:
+  n = int(config.mesh.data)
+  return device_count if n == -1 else n
+
+
+def validate(config: ConfigDict, *, device_count: int = 1, process_count: int = 1,
+             check_data: bool = True, mode: str = 'train') -> None:
+  """Raises ConfigError naming the field when `config` cannot run; cheap, touches no pixels."""
+  for key in ('seed', 'data', 'model', 'loss', 'optim', 'train', 'eval', 'mesh'):
+    if key not in config:
+      raise ConfigError(f'config has no field {key!r}; build configs from configs/base.py')
+  for path, allowed in (('data.dataset', DATASETS), ('data.protocol', PROTOCOLS),
+                        ('data.train_sampling', TRAIN_SAMPLINGS),
+                        ('data.test_sampling', TEST_SAMPLINGS),
+                        ('data.batch_sampler', BATCH_SAMPLERS),
+                        ('data.erasing_mode', ERASING_MODES), ('optim.name', OPTIMIZERS),
+                        ('eval.aggregate', AGGREGATES), ('rng_impl', RNG_IMPLS)):
+    _check_enum(config, path, allowed)
+  if 'dtype' in config.model:
+    _check_enum(config, 'model.dtype', DTYPES)
+  if not config.model.get('name'):
+    raise ConfigError('config.model.name is empty; set a registered model name (e.g. grl)')
+
+  d = config.data
+  for field in ('height', 'width', 'seq_len'):
+    if int(d[field]) < 1:
+      raise ConfigError(f'config.data.{field}={d[field]}: expected a positive int')
+  if not 0.0 <= float(d.erasing_prob) <= 1.0:
+    raise ConfigError(f'config.data.erasing_prob={d.erasing_prob}: expected in [0, 1]')
+  if d.dataset in ('ilids', 'prid'):
+    if not 0 <= int(d.split_id) <= 9:
+      raise ConfigError(f'config.data.split_id={d.split_id}: {d.dataset} has splits 0..9')
+  elif int(d.split_id) != 0:
+    raise ConfigError(f'config.data.split_id={d.split_id}: only ilids/prid have splits; use 0')
+
+  o = config.optim
+  if float(o.lr) <= 0:
+    raise ConfigError(f'config.optim.lr={o.lr}: expected > 0')
+  if float(o.weight_decay) < 0:
+    raise ConfigError(f'config.optim.weight_decay={o.weight_decay}: expected >= 0')
+  if list(o.decay_epochs) != sorted(o.decay_epochs):
+    raise ConfigError(f'config.optim.decay_epochs={tuple(o.decay_epochs)}: expected ascending')
+  for item in o.lr_mult:
+    if len(item) != 2 or not isinstance(item[0], str):
+      raise ConfigError(f'config.optim.lr_mult entry {item!r}: expected (regex, multiplier)')
+  if int(o.epochs) < 1 and int(config.train.num_steps) < 1:
+    raise ConfigError('config.optim.epochs and config.train.num_steps are both < 1: '
+                      'nothing to train')
+
+  t = config.train
+  n_mesh = mesh_devices(config, device_count)
+  if n_mesh < 1 or n_mesh > device_count:
+    raise ConfigError(f'config.mesh.data={config.mesh.data}: this host sees {device_count} '
+                      'devices; use -1 (all) or a number between 1 and that')
+  if n_mesh % process_count:
+    raise ConfigError(f'config.mesh.data={n_mesh} devices do not split over {process_count} '
+                      'processes')
+  batch = global_batch_size(config, n_mesh)
+  if batch < 1:
+    raise ConfigError(f'config.train.global_batch_size={batch}: expected >= 1')
+  if batch % n_mesh:
+    raise ConfigError(
+        f'config.train.global_batch_size={batch} is not divisible by the {n_mesh} devices of '
+        f'the mesh; use a multiple of {n_mesh} (or set config.train.per_device_batch_size)')
+  if d.batch_sampler == 'pair':
+    group = 2
+    if batch % 2:
+      raise ConfigError(f'config.train.global_batch_size={batch}: the pair sampler needs an '
+                        'even batch (B/2 anchor-partner pairs)')
+  else:
+    p, k = int(d.p), int(d.k)
+    if p > 0 and k > 0 and p * k != batch:
+      raise ConfigError(
+          f'config.data.p={p} x config.data.k={k} = {p * k} clips, but the global batch is '
+          f'{batch}; set train.global_batch_size (or p, k) so that P x K = global batch')
+    if k <= 0:
+      k = batch // p if p > 0 else 4
+    if batch % k:
+      raise ConfigError(f'global batch {batch} is not a multiple of config.data.k={k} '
+                        '(tracklets per identity)')
+    group = k
+  if (batch // group) % process_count:
+    raise ConfigError(f'global batch {batch} = {batch // group} groups of {group}; they must '
+                      f'split evenly over {process_count} processes')
+  if int(config.eval.batch_size) < 1 or int(config.eval.batch_size) % n_mesh:
+    raise ConfigError(f'config.eval.batch_size={config.eval.batch_size}: expected a positive '
+                      f'multiple of the {n_mesh} mesh devices')
+  for field in ('log_every_steps', 'checkpoint_every_steps'):
+    if int(t[field]) < 1:
+      raise ConfigError(f'config.train.{field}={t[field]}: expected >= 1')
+  if int(t.keep_checkpoints) < 1:
+    raise ConfigError(f'config.train.keep_checkpoints={t.keep_checkpoints}: expected >= 1')
+  if int(t.eval_every_epochs) < 0:
+    raise ConfigError(f'config.train.eval_every_epochs={t.eval_every_epochs}: expected >= 0')
+
+  if check_data:
+    check_data_root(config)
+  if config.init.checkpoint and mode == 'train' and '://' not in config.init.checkpoint:
+    if not os.path.isdir(config.init.checkpoint):
+      raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r} is not a '
+                        'directory; write one with `python -m grl_jax.convert` (see README)')
+
+
+def check_data_root(config: ConfigDict) -> None:
+  """The data root must exist unless the synthetic generator will create it."""
+  d = config.data
+  if d.synthetic.enabled:
+    return
+  root = str(d.root)
+  if not root:
+    raise ConfigError(f'config.data.root is empty; expected the {d.dataset} directory. '
+                      f'{DATASET_HELP[d.dataset]}')
+  if '://' in root:   # gs:// etc.: the reader checks (a listing costs a round trip)
+    return
+  if not os.path.exists(os.path.expanduser(root)):
+    raise ConfigError(
+        f'config.data.root={root!r} does not exist (dataset {d.dataset!r}). Expected '
+        f'{DATASET_HELP[d.dataset]}. Put the data there or pass --config.data.root=/path '
+        '(or set GRL_JAX_DATA to the folder holding it). For a dataset-free try, run '
+        '--config=configs/demo.py.')
+
+

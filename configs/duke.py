@@ -1,0 +1,29 @@
+"""DukeMTMC-VideoReID (702 train ids, 702 queries, 2,636 gallery tracklets).
+
+    python -m grl_jax.main --config=configs/duke.py:model=grl --workdir=workdir/duke_grl
+
+`get_config(arg)` arguments (comma-separated): model=grl|nvan|ste_nvan|iaunet (the published
+recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
+$GRL_JAX_DATA/DukeMTMC-VideoReID, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run).
+
+GRL's code evaluates Duke with queries prepended to the gallery (grl.md §8.8), i.e. `cas`;
+the other models use the usual torchreid-style gallery.
+"""
+from __future__ import annotations
+
+from configs import base
+
+PROTOCOL = {'grl': 'cas', 'nvan': 'torchreid', 'ste_nvan': 'torchreid', 'iaunet': 'cas'}
+
+
+def get_config(arg: str | None = None):
+  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False)
+  config = base.get_config('duke', args.model)
+  if args.root:
+    config.data.root = args.root
+  config.data.protocol = PROTOCOL[args.model]
+  base.apply_accel(config, args.accel)
+  if args.runlocal:
+    base.apply_runlocal(config)
+  config.lock()
+  return config

@@ -1,0 +1,26 @@
+"""LS-VID (3,772 ids, 14,943 tracklets, 15 cameras).
+
+    python -m grl_jax.main --config=configs/lsvid.py:model=grl --workdir=workdir/lsvid_grl
+
+`get_config(arg)` arguments (comma-separated): model=grl|nvan|ste_nvan|iaunet (the published
+recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
+$GRL_JAX_DATA/LS-VID, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run).
+
+GRL reports no LS-VID result; this runs its MARS recipe with the torchreid-style gallery.
+"""
+from __future__ import annotations
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False)
+  config = base.get_config('lsvid', args.model)
+  if args.root:
+    config.data.root = args.root
+  config.data.protocol = 'torchreid'
+  base.apply_accel(config, args.accel)
+  if args.runlocal:
+    base.apply_runlocal(config)
+  config.lock()
+  return config

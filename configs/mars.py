@@ -1,0 +1,32 @@
+"""MARS (1,261 ids, 20,478 tracklets, 6 cameras): the GRL / NVAN / IAUnet MARS recipes.
+
+    python -m grl_jax.main --config=configs/mars.py:model=grl,accel=gpu --workdir=workdir/mars_grl
+
+`get_config(arg)` arguments (comma-separated): model=grl|nvan|ste_nvan|iaunet (the published
+recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
+$GRL_JAX_DATA/MARS, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run).
+
+Gallery protocol per model (ecosystem.md §A.4): GRL's code prepends the 1,980 queries to the
+9,330-tracklet gallery with step AP, i.e. the `cas` composition (grl.md §8.4); STE-NVAN uses
+the official MATLAB protocol (`official`); the IAUnet family appends queries (`cas`). Override
+with --config.data.protocol=torchreid to compare with torchreid-style papers.
+"""
+from __future__ import annotations
+
+from configs import base
+
+# The gallery protocol each model's released code evaluates MARS with.
+PROTOCOL = {'grl': 'cas', 'nvan': 'official', 'ste_nvan': 'official', 'iaunet': 'cas'}
+
+
+def get_config(arg: str | None = None):
+  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False)
+  config = base.get_config('mars', args.model)
+  if args.root:
+    config.data.root = args.root
+  config.data.protocol = PROTOCOL[args.model]
+  base.apply_accel(config, args.accel)
+  if args.runlocal:
+    base.apply_runlocal(config)
+  config.lock()
+  return config

@@ -1,0 +1,69 @@
+"""GRL's published recipe (grl.md §6-§8, the official `mars_train.py` defaults).
+
+* Model: ResNet-50 (last stride 1) + GCE + bi-directional TRL + BN/L2 heads + self-attention
+  pooling + pair verifier (grl_jax/models/grl.py documents every field).
+* Loss: OIM_corr(frames) + OIM_corr(video) + 20 x BCE verification + soft batch-hard triplet +
+  OIM_uncorr (grl_jax.objectives.GRLObjective).
+* Optimiser: SGD, Nesterov momentum 0.9, coupled weight decay 5e-4 on all parameters, lr 1e-3
+  for the backbone and GCE and 2e-3 for everything else, x0.1 at epochs 15/30/45, 60 epochs,
+  no warm-up (grl.md §7.1).
+* Data: pair batches of 16 clips (8 cross-camera positive pairs) x 8 frames, restricted random
+  sampling, clip-level flip, per-frame random erasing p=0.5, 256x128 (grl.md §7.2-§7.4).
+* Test: rrs_test (one clip per tracklet) by default; `--config.data.test_sampling=dense` gives
+  the all-frames protocol (grl.md §8.1, B21); descriptors compared by dot product.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# Parameter groups (grl.md §7.1): the torchvision trunk and GCE at x1, everything else x2.
+# Regexes are matched against '/'-joined parameter paths; the first match wins.
+GRL_LR_MULT = (
+    (r'^backbone/', 1.0),
+    (r'^gce/', 1.0),
+    (r'.*', 2.0),
+)
+
+
+def recipe(name: str = 'grl') -> ml_collections.ConfigDict:
+  if name != 'grl':
+    raise ValueError(f'configs/models/grl.py knows only the model "grl", got {name!r}')
+  # D = 32 x resnet_width; the OIM tables of the objective must have the same width, so the
+  # loss field follows the model field (also after a --config.model.resnet_width override).
+  width = ml_collections.FieldReference(64)
+  r = ml_collections.ConfigDict()
+  r.model = ml_collections.ConfigDict(dict(
+      name='grl',
+      resnet_depth=50,           # -> stage sizes (3, 4, 6, 3)
+      resnet_width=width,        # D = 32 x width = 2048
+      last_stride=1,
+      dtype='float32',
+      accumulation='plain',      # 'se': the first official commit's variant (grl.md B11)
+      gce_hidden=1024,           # hidden sizes at width 64; scaled with the width
+      corr_hidden=256,
+      attention_dim=512,
+      trl_reduction=16,
+      trl_scan=True,
+  ))
+  r.loss = ml_collections.ConfigDict(dict(
+      feature_dim=width * 32,
+      oim_scalar=30.0,
+      oim_momentum=0.5,
+      oim_frame_weight=1.0,
+      oim_video_weight=1.0,
+      verification_weight=20.0,
+      triplet_weight=1.0,
+      triplet_margin='soft',
+      triplet_metric='euclidean',
+      uncorr_weight=1.0,
+  ))
+  r.optim = dict(
+      name='sgd', lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4,
+      lr_mult=GRL_LR_MULT, epochs=60, decay_epochs=(15, 30, 45), decay_factor=0.1,
+      warmup_epochs=0.0)
+  r.data = dict(
+      batch_sampler='pair', train_sampling='rrs', test_sampling='rrs_test', seq_len=8,
+      height=256, width=128, flip=True, erasing_prob=0.5, erasing_mode='frame', pad_crop=0)
+  r.train = dict(global_batch_size=16)
+  r.eval = dict(best_metric='mAP')
+  return r

@@ -1,0 +1,31 @@
+"""PRID-2011 (the 200 identities seen by both cameras): 10 seeded 50/50 splits.
+
+    python -m grl_jax.main --config=configs/prid.py:model=grl,split=0 --workdir=workdir/prid_grl
+
+`get_config(arg)` arguments (comma-separated): model=grl|nvan|ste_nvan|iaunet (the published
+recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
+$GRL_JAX_DATA/PRID-2011, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run),
+split=0..9 (which split).
+
+As for iLIDS-VID (grl.md §9.4, B2): query = camera a, gallery = camera b, dense test features,
+results averaged over the 10 splits.
+"""
+from __future__ import annotations
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False, split=0)
+  config = base.get_config('prid', args.model)
+  if args.root:
+    config.data.root = args.root
+  config.data.split_id = args.split
+  config.data.protocol = 'torchreid'
+  config.data.test_sampling = 'dense'
+  config.train.eval_every_epochs = 20
+  base.apply_accel(config, args.accel)
+  if args.runlocal:
+    base.apply_runlocal(config)
+  config.lock()
+  return config

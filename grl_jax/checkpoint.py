@@ -1,0 +1,338 @@
+"""Checkpoints: an orbax `CheckpointManager` directory, `<workdir>/checkpoints/<step>/`.
+
+Every step directory holds up to three items:
+
+  variables    {'params': ..., 'batch_stats': ...}            (StandardSave, sharded arrays)
+  train_state  {'step', 'opt_state', 'objective_state', 'rng'} (absent in converted checkpoints)
+  meta         JSON {'config': config as a plain dict, 'step': int, 'epoch': float, ...}
+
+plus orbax's own `metrics` item ({'mAP': ..., ...}) on steps that were evaluated.
+
+Policies:
+* saves are asynchronous (the step loop continues while arrays are written); `wait()` or
+  `close()` blocks until they are on disk;
+* kept: the latest `keep` steps plus the best step by the validation metric (orbax
+  `preservation_policy` = LatestN OR BestN(1));
+* atomicity: orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames when complete (a
+  commit marker on object stores), and only finalized steps are listed, so a checkpoint
+  half-written by a killed process is never restored; leftovers are removed at start-up
+  (`cleanup_tmp_directories`).
+
+`write_variables` / `restore_variables` handle variables-only checkpoints for
+`grl_jax.convert`, `grl_jax.inference` and `--mode=eval|extract` (no optimiser needed).
+"""
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+ITEMS = ('variables', 'train_state', 'meta')
+SUBDIR = 'checkpoints'
+
+
+class _QuietFilter(py_logging.Filter):
+  # orbax warns on every save without metrics when best-tracking is on; most of our saves are
+  # periodic (unevaluated) by design.
+  def filter(self, record):
+    msg = record.getMessage()
+    return 'did not provide metrics' not in msg and 'Given directory is read only' not in msg
+
+
+py_logging.getLogger('absl').addFilter(_QuietFilter())
+
+
+def resolve_dir(directory: str) -> str:
+  """`directory` may be a workdir (holding `checkpoints/`) or the checkpoint directory itself."""
+  directory = str(directory)
+  if '://' not in directory:
+    directory = os.path.abspath(os.path.expanduser(directory))
+  sub = os.path.join(directory, SUBDIR)
+  if os.path.basename(directory.rstrip('/')) == SUBDIR:
+    return directory
+  if _isdir(sub) or not _has_steps(directory):
+    return sub
+  return directory
+
+
+def _isdir(path: str) -> bool:
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    return epath.Path(path).is_dir()
+  return os.path.isdir(path)
+
+
+def _has_steps(path: str) -> bool:
+  if not _isdir(path):
+    return False
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return any(p.name.isdigit() for p in epath.Path(path).iterdir())
+
+
+def to_jsonable(x: Any) -> Any:
+  """Config dicts / numpy scalars -> plain JSON values (non-finite floats -> None)."""
+  if isinstance(x, dict) or hasattr(x, 'items'):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray) or isinstance(x, jax.Array):
+    return to_jsonable(np.asarray(x).tolist())
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(float(x)) else None
+  if isinstance(x, (bool, int, str)) or x is None:
+    return x
+  return str(x)
+
+
+def config_to_dict(config) -> dict:
+  if hasattr(config, 'to_dict'):
+    config = config.to_dict()
+  return to_jsonable(config)
+
+
+def replicated_sharding() -> NamedSharding:
+  """Every device of every process holds the whole array."""
+  return NamedSharding(Mesh(np.asarray(jax.devices()), ('data',)), P())
+
+
+def abstract_tree(tree: PyTree, sharding=None) -> PyTree:
+  """ShapeDtypeStructs (with `sharding`, or each leaf's own) for a restore target."""
+  def leaf(x):
+    s = sharding if sharding is not None else getattr(x, 'sharding', None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  return jax.tree.map(leaf, tree)
+
+
+_READ_ONLY = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+
+
+class Checkpointer:
+  """The training checkpoints of one workdir (see the module docstring for the policies)."""
+
+  def __init__(self, directory: str, *, keep: int = 2, best_metric: str = 'mAP',
+               async_save: bool = True, read_only: bool = False):
+    self.directory = resolve_dir(directory)
+    self.best_metric = best_metric
+    metric = lambda m: float(m[best_metric])  # noqa: E731
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=int(keep)),
+        ocp.checkpoint_managers.BestN(get_metric_fn=metric, n=1,
+                                      keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=0 if read_only else 1,  # the trainer decides when to save
+        preservation_policy=None if read_only else policy,
+        best_fn=metric, best_mode='max',
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=async_save)
+    if not read_only:
+      if jax.process_index() == 0:
+        _set_aside_incomplete(self.directory)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices('grl_jax.checkpoint.set_aside_incomplete')
+    self.manager = _manager(self.directory, options)
+
+  # -- queries
+  def latest_step(self) -> Optional[int]:
+    """The newest *complete* step (see `complete_steps`), or None."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def best_step(self) -> Optional[int]:
+    """The step with the best validation metric (None if no step was evaluated)."""
+    steps_with_metrics = [s for s in self.all_steps() if self.metrics(s) is not None]
+    return self.manager.best_step() if steps_with_metrics else None
+
+  def all_steps(self) -> list[int]:
+    """Complete steps, ascending."""
+    return complete_steps(self.directory, self.manager.all_steps())
+
+  def metrics(self, step: int) -> Optional[dict]:
+    for info in self.manager._checkpoints:  # pylint: disable=protected-access
+      if info.step == step:
+        return info.metrics
+    return None
+
+  def has_train_state(self, step: int) -> bool:
+    return _item_exists(self.directory, step, 'train_state')
+
+  # -- save / restore
+  def save(self, state, *, meta: dict, metrics: Optional[dict] = None) -> int:
+    """Saves `state` (a grl_jax.state.TrainState) at its step; returns the step.
+
+    Asynchronous: returns once the arrays are copied off the device. `metrics` (eval results of
+    this very state) make the step a candidate for the best-checkpoint slot.
+    """
+    step = int(jax.device_get(state.step))
+    variables, rest = state.checkpoint_items()
+    meta = dict(meta, step=step)
+    args = ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                              train_state=ocp.args.StandardSave(rest),
+                              meta=ocp.args.JsonSave(to_jsonable(meta)))
+    if metrics is not None:
+      metrics = {k: v for k, v in to_jsonable(metrics).items()
+                 if isinstance(v, (int, float))}
+    self.manager.save(step, args=args, metrics=metrics, force=True)
+    return step
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    """(TrainState, meta) of `step` (latest if None), arrays placed as in `abstract_state`.
+
+    `abstract_state`: a TrainState of ShapeDtypeStructs carrying shardings (see
+    `abstract_tree`); optax tuples / namedtuples come back as such only with this target.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    variables, rest = abstract_state.checkpoint_items()
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(variables),
+        train_state=ocp.args.StandardRestore(rest),
+        meta=ocp.args.JsonRestore()))
+    return type(abstract_state).from_checkpoint_items(out['variables'], out['train_state']), \
+        dict(out['meta'])
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _manager(path: str, options) -> ocp.CheckpointManager:
+  # Explicit handlers (rather than item_names) let metadata and partial restores work without
+  # orbax's "item found but could not be restored" warnings.
+  return ocp.CheckpointManager(path, options=options, item_handlers={
+      'variables': ocp.StandardCheckpointHandler(),
+      'train_state': ocp.StandardCheckpointHandler(),
+      'meta': ocp.JsonCheckpointHandler()})
+
+
+def complete_steps(directory: str, steps=None) -> list[int]:
+  """Steps whose directory holds orbax's commit marker (written last, after every item).
+
+  On a local disk orbax's atomic rename already hides unfinished saves
+  (`<step>.orbax-checkpoint-tmp-*`); the marker check also rejects a `<step>/` directory that was
+  copied or synced only in part.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(directory)
+  if steps is None:
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
+  return sorted(s for s in steps if (root / str(s) / 'commit_success.txt').exists())
+
+
+def _set_aside_incomplete(directory: str):
+  """Renames `<step>/` directories without a commit marker to `<step>.incomplete-<n>`.
+
+  Orbax would otherwise count them as saved steps (a later save of that step would fail, and
+  they would take a place in the keep-latest-K policy). Renaming keeps the bytes for inspection.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(directory)
+  if not root.exists():
+    return
+  for p in root.iterdir():
+    if p.name.isdigit() and p.is_dir() and not (p / 'commit_success.txt').exists():
+      n = 0
+      while (root / f'{p.name}.incomplete-{n}').exists():
+        n += 1
+      py_logging.warning('checkpoint %s is incomplete (no commit marker): moved to %s', p,
+                         f'{p.name}.incomplete-{n}')
+      p.rename(root / f'{p.name}.incomplete-{n}')
+
+
+def _item_exists(directory: str, step: int, item: str) -> bool:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return (epath.Path(directory) / str(step) / item).exists()
+
+
+def write_variables(directory: str, variables: dict, config, step: int = 0,
+                    extra_meta: Optional[dict] = None) -> str:
+  """Writes a variables-only checkpoint (no optimiser state) at `step`; returns its directory.
+
+  Args:
+    directory: a workdir (the checkpoint goes into `<directory>/checkpoints/<step>`) or a
+      `.../checkpoints` directory.
+    variables: {'params': ..., 'batch_stats': ...} (numpy or jax arrays).
+    config: the ConfigDict (or plain dict) the variables belong to; stored in `meta.config` so
+      that `grl_jax.inference.load` can rebuild the model.
+    step: the step number to store it under.
+    extra_meta: merged into the meta JSON (e.g. {'source': 'torchvision resnet50'}).
+  """
+  path = resolve_dir(directory)
+  variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  meta = {'config': config_to_dict(config), 'step': int(step), **(extra_meta or {})}
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with _manager(path, options) as mngr:
+    mngr.save(int(step), args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(to_jsonable(meta))),
+        force=True)
+    mngr.wait_until_finished()
+  return os.path.join(path, str(step)) if '://' not in path else f'{path}/{step}'
+
+
+def restore_variables(directory: str, step: Optional[int] = None, sharding=None
+                      ) -> tuple[dict, dict]:
+  """Restores `variables` and `meta` of `step` (latest if None) without the optimiser.
+
+  Args:
+    directory: workdir or its `checkpoints/` directory.
+    step: which step; None = latest.
+    sharding: where the arrays go; default replicated over all devices.
+
+  Returns:
+    ({'params': ..., 'batch_stats': ...} of jax.Arrays, meta dict with 'config', 'step', ...).
+  """
+  path = resolve_dir(directory)
+  if not _isdir(path):
+    raise FileNotFoundError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
+                            '<step>/ and <dir>/<step>/)')
+  with _manager(path, _READ_ONLY) as mngr:
+    steps = complete_steps(path, mngr.all_steps())
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f'no finished checkpoint step in {path}')
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f'step {step} not in {path}; available: {steps}')
+    sharding = sharding if sharding is not None else replicated_sharding()
+    meta_tree = mngr.item_metadata(step)['variables']
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta_tree,
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    out = mngr.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  variables = dict(out['variables'])
+  variables.setdefault('batch_stats', {})
+  return variables, dict(out['meta'])
+
+
+def read_meta(directory: str, step: Optional[int] = None) -> dict:
+  """The meta JSON of `step` (latest if None), without touching arrays."""
+  path = resolve_dir(directory)
+  with _manager(path, _READ_ONLY) as mngr:
+    steps = complete_steps(path, mngr.all_steps())
+    step = (steps[-1] if steps else None) if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no finished checkpoint step in {path}')
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+
+
+def dump_json(path: str, obj: Any):
+  with open(path, 'w') as f:
+    json.dump(to_jsonable(obj), f, indent=1)
