@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs import base as config_base  # noqa: E402
+from grl_jax import checkpoint  # noqa: E402
 from grl_jax import sharding  # noqa: E402
 from grl_jax import train  # noqa: E402
 
@@ -38,6 +39,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_c
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 625, 'Training identities (OIM table rows).')
 _JSON = flags.DEFINE_string('json', None, 'Also append the result as a JSON line to this file.')
+_UNROLLED_FLOPS = flags.DEFINE_bool(
+    'unrolled_flops', True,
+    'XLA counts a while-loop body once, so a scanned recurrence (GRL: config.model.trl_scan)'
+    ' is under-counted T-fold; count FLOPs on an unrolled compile of the same step instead.')
 
 # Dense peak FLOP/s per device from vendor data sheets (no sparsity). 'float32' is what XLA runs
 # fp32 matmuls/convs with by default: TF32 tensor cores on A100/H100/H200 (JAX's default matmul
@@ -103,6 +108,15 @@ def run(config, steps: int, num_classes: int) -> dict:
   compiled = setup.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   flops = _cost_flops(compiled)
+  flops_source = 'compiled step'
+  if _UNROLLED_FLOPS.value and config.model.get('trl_scan', False):
+    unrolled = config.copy_and_resolve_references()
+    with unrolled.unlocked():
+      unrolled.model.trl_scan = False
+    u = train.build(unrolled, num_classes=num_classes, steps_per_epoch=1000)
+    abstract = checkpoint.abstract_tree(u.abstract_state, sharding.replicated(u.mesh))
+    flops = _cost_flops(u.train_step.lower(abstract, batch).compile())
+    flops_source = 'unrolled step (trl_scan=False)'
   state, metrics = compiled(state, batch)          # warm-up
   jax.block_until_ready(metrics)
   times = []
@@ -128,7 +142,8 @@ def run(config, steps: int, num_classes: int) -> dict:
       'step_s_median': round(step_s, 4), 'step_s_min': round(min(times), 4),
       'clips_per_s': round(b / step_s, 2), 'frames_per_s': round(b * int(d.seq_len) / step_s, 1),
       'peak_memory_gib': round(mem / 2**30, 2), 'memory_kind': mem_kind,
-      'flops_per_step': flops, 'gflops_per_s': round(achieved / 1e9, 2),
+      'flops_per_step': flops, 'flops_source': flops_source,
+      'gflops_per_s': round(achieved / 1e9, 2),
       'utilisation': (round(achieved / (peak * n_dev), 4) if peak else None),
       'peak_tflops_per_device': (peak / 1e12 if peak else None),
       'loss': float(metrics['loss']),

@@ -28,6 +28,7 @@ Schema (every field has a default here, so a recipe can only change existing fie
   init.*                    optional warm start from a converted checkpoint (ImageNet ResNet).
   mesh.data                 devices on the 'data' mesh axis; -1 = all devices.
   rng_impl                  JAX PRNG implementation ('rbg', 'threefry2x32', 'unsafe_rbg').
+  accel                     the preset applied ('cpu', 'gpu', 'tpu'; informational).
 """
 from __future__ import annotations
 
@@ -312,6 +313,8 @@ def apply_runlocal(config: ConfigDict) -> ConfigDict:
   """A quick smoke run on a laptop: a few small steps, tiny eval on a few identities."""
   config.train.global_batch_size = 4
   config.train.per_device_batch_size = -1
+  if config.data.batch_sampler == 'pk':
+    config.data.p, config.data.k = 2, 2
   config.train.num_steps = 10
   config.train.log_every_steps = 1
   config.train.checkpoint_every_steps = 5

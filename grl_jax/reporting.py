@@ -48,6 +48,7 @@ class Chrono:
     self._last_step = start_step
     self._last_time = self._t0
     self._last_paused = 0.0
+    self._ticks = 0
 
   def pause(self):
     if self._pause_start is None:
@@ -68,7 +69,10 @@ class Chrono:
     steps = step - self._last_step
     rate = steps / busy if busy > 0 and steps > 0 else float('nan')
     self._last_step, self._last_time, self._last_paused = step, now, self._paused_total
-    eta = (self.total_steps - step) / rate if rate == rate and rate > 0 else float('nan')
+    self._ticks += 1
+    # The first interval includes compilation: no ETA from it.
+    eta = ((self.total_steps - step) / rate if self._ticks > 1 and rate == rate and rate > 0
+           else float('nan'))
     return {'steps_per_sec': rate, 'eta_sec': eta}
 
 

@@ -115,8 +115,8 @@ class Data:
 
 
 def subset_ids(dataset: Dataset, n: int) -> Dataset:
-  """Query and gallery restricted to the first `n` query identities (and the gallery's junk and
-  distractors of those cameras are dropped too): a small but valid retrieval problem."""
+  """Query and gallery restricted to the first `n` query identities (junk and distractor
+  tracklets are dropped): a small but valid retrieval problem for quick runs."""
   keep = np.unique(dataset.query.pids)[:n]
   q = np.flatnonzero(np.isin(dataset.query.pids, keep))
   g = np.flatnonzero(np.isin(dataset.gallery.pids, keep))

@@ -94,3 +94,26 @@ def test_demo_cli_preempt_resume_eval_extract(tmp_path):
   npz = np.load(tmp_path / 'g.npz')
   assert npz['features'].shape[1] == 3 * 32 * 4        # GRL descriptor: 3 x D, D = 32 x width
   assert len(npz['pids']) == len(npz['features']) == len(npz['first_frame'])
+
+
+def test_two_processes_train_like_one_host_of_a_cluster(tmp_path):
+  """launch/local_multiprocess.py: 2 jax.distributed processes x 1 CPU device each."""
+  work = tmp_path / 'mp'
+  proc = subprocess.run(
+      [sys.executable, 'launch/local_multiprocess.py', '--processes=2', '--timeout=300', '--',
+       '--config=configs/demo.py:ids=6,test_ids=4,steps=3', '--config.data.height=32',
+       '--config.data.width=16', '--config.data.synthetic.height=32',
+       '--config.data.synthetic.width=16', '--config.data.seq_len=4',
+       '--config.model.resnet_width=4', '--config.train.global_batch_size=4',
+       '--config.train.log_every_steps=1', '--config.train.eval_at_start=false',
+       '--config.eval.batch_size=8', f'--workdir={work}'],
+      cwd=c.REPO, env=c.subprocess_env(), capture_output=True, text=True, timeout=400)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out
+  assert "mesh {'data': 2} over 2 cpu device(s), 2 process(es)" in out, out
+  # Only process 0 reports and writes logs; both take part in every step and checkpoint.
+  assert '[p0] [train] step 3/3' in out and '[p1] [train]' not in out, out
+  records = [json.loads(x) for x in open(work / 'metrics.jsonl')]
+  assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3]
+  assert [r['step'] for r in records if r['kind'] == 'eval'] == [3]
+  assert os.listdir(work / 'checkpoints') == ['3']

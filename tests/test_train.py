@@ -1,4 +1,4 @@
-"""The trainer on a toy model and in-memory data: logs, checkpoints, resume, faults, eval/extract."""
+"""The trainer on a toy model and in-memory data: logs, checkpoints, resume, faults, eval."""
 from __future__ import annotations
 
 import json
