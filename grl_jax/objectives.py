@@ -9,26 +9,15 @@ field names and defaults are listed on each class.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from grl_jax import losses
+from grl_jax.models import cfg_get
 
 PyTree = Any
-
-
-def _cfg_get(cfg: Any, name: str, default: Any) -> Any:
-  """Field `name` of a ConfigDict / mapping / None, or `default` when absent."""
-  if cfg is None:
-    return default
-  if isinstance(cfg, Mapping):
-    return cfg.get(name, default)
-  getter = getattr(cfg, 'get', None)
-  if callable(getter):  # ml_collections.ConfigDict
-    return getter(name, default)
-  return getattr(cfg, name, default)
 
 
 def _require(outputs: dict, key: str, owner: str) -> jax.Array:
@@ -72,16 +61,16 @@ class GRLObjective:
     if int(num_classes) <= 0:
       raise ValueError(f'GRLObjective: num_classes must be positive, got {num_classes}')
     self.num_classes = int(num_classes)
-    self.feature_dim = int(_cfg_get(loss_cfg, 'feature_dim', 2048))
-    self.oim_scalar = float(_cfg_get(loss_cfg, 'oim_scalar', 30.0))
-    self.oim_momentum = float(_cfg_get(loss_cfg, 'oim_momentum', 0.5))
-    self.oim_frame_weight = float(_cfg_get(loss_cfg, 'oim_frame_weight', 1.0))
-    self.oim_video_weight = float(_cfg_get(loss_cfg, 'oim_video_weight', 1.0))
-    self.verification_weight = float(_cfg_get(loss_cfg, 'verification_weight', 20.0))
-    self.triplet_weight = float(_cfg_get(loss_cfg, 'triplet_weight', 1.0))
-    self.triplet_margin = losses.parse_margin(_cfg_get(loss_cfg, 'triplet_margin', 'soft'))
-    self.triplet_metric = str(_cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
-    self.uncorr_weight = float(_cfg_get(loss_cfg, 'uncorr_weight', 1.0))
+    self.feature_dim = int(cfg_get(loss_cfg, 'feature_dim', 2048))
+    self.oim_scalar = float(cfg_get(loss_cfg, 'oim_scalar', 30.0))
+    self.oim_momentum = float(cfg_get(loss_cfg, 'oim_momentum', 0.5))
+    self.oim_frame_weight = float(cfg_get(loss_cfg, 'oim_frame_weight', 1.0))
+    self.oim_video_weight = float(cfg_get(loss_cfg, 'oim_video_weight', 1.0))
+    self.verification_weight = float(cfg_get(loss_cfg, 'verification_weight', 20.0))
+    self.triplet_weight = float(cfg_get(loss_cfg, 'triplet_weight', 1.0))
+    self.triplet_margin = losses.parse_margin(cfg_get(loss_cfg, 'triplet_margin', 'soft'))
+    self.triplet_metric = str(cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
+    self.uncorr_weight = float(cfg_get(loss_cfg, 'uncorr_weight', 1.0))
     if not 0.0 <= self.oim_momentum < 1.0:
       raise ValueError(f'GRLObjective: loss.oim_momentum={self.oim_momentum}; expected [0, 1)')
     if self.triplet_metric not in ('euclidean', 'cosine'):
@@ -191,12 +180,12 @@ class BNNeckObjective:
     if int(num_classes) <= 0:
       raise ValueError(f'BNNeckObjective: num_classes must be positive, got {num_classes}')
     self.num_classes = int(num_classes)
-    self.label_smoothing = float(_cfg_get(loss_cfg, 'label_smoothing', 0.0))
-    self.ce_weight = float(_cfg_get(loss_cfg, 'ce_weight', 1.0))
-    self.triplet_weight = float(_cfg_get(loss_cfg, 'triplet_weight', 1.0))
-    self.triplet_margin = losses.parse_margin(_cfg_get(loss_cfg, 'triplet_margin', 'soft'))
-    self.triplet_metric = str(_cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
-    self.triplet_feature = str(_cfg_get(loss_cfg, 'triplet_feature', 'feature'))
+    self.label_smoothing = float(cfg_get(loss_cfg, 'label_smoothing', 0.0))
+    self.ce_weight = float(cfg_get(loss_cfg, 'ce_weight', 1.0))
+    self.triplet_weight = float(cfg_get(loss_cfg, 'triplet_weight', 1.0))
+    self.triplet_margin = losses.parse_margin(cfg_get(loss_cfg, 'triplet_margin', 'soft'))
+    self.triplet_metric = str(cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
+    self.triplet_feature = str(cfg_get(loss_cfg, 'triplet_feature', 'feature'))
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f'BNNeckObjective: loss.label_smoothing={self.label_smoothing}; '
                        f'expected [0, 1)')

@@ -35,6 +35,7 @@ def recipe(name: str = 'grl') -> ml_collections.ConfigDict:
   r.model = ml_collections.ConfigDict(dict(
       name='grl',
       resnet_depth=50,           # -> stage sizes (3, 4, 6, 3)
+      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
       resnet_width=width,        # D = 32 x width = 2048
       last_stride=1,
       dtype='float32',

@@ -25,6 +25,7 @@ def recipe(name: str = 'iaunet') -> ml_collections.ConfigDict:
   r.model = ml_collections.ConfigDict(dict(
       name='iaunet',
       resnet_depth=50,
+      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
       resnet_width=64,
       last_stride=1,
       stem_relu=True,

@@ -36,6 +36,7 @@ def recipe(name: str = 'nvan') -> ml_collections.ConfigDict:
   r.model = ml_collections.ConfigDict(dict(
       name=name,
       resnet_depth=50,
+      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
       resnet_width=64,
       last_stride=1,
       stem_relu=False,            # the released backbone has no ReLU after bn1

@@ -49,6 +49,19 @@ class ModelSpec:
   descriptor_distance: str = 'dot'
 
 
+def cfg_get(cfg: Any, key: str, default: Any) -> Any:
+  """Field `key` of a ConfigDict / mapping / object, or `default` when absent, None or cfg is None.
+
+  Factories read their `config.model` / `config.loss` fields through this, so a plain dict (tests,
+  converted checkpoints' meta) and a ConfigDict behave the same.
+  """
+  if cfg is None:
+    return default
+  getter = getattr(cfg, 'get', None)
+  value = getter(key, default) if callable(getter) else getattr(cfg, key, default)
+  return default if value is None else value
+
+
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
 
 

@@ -60,7 +60,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grl_jax.models import ModelSpec, register
+from grl_jax.models import ModelSpec, cfg_get, register
 from grl_jax.models import resnet
 
 Dtype = Any
@@ -358,10 +358,6 @@ class GRL(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-def _get(cfg, name: str, default):
-  return cfg.get(name, default) if hasattr(cfg, 'get') else getattr(cfg, name, default)
-
-
 def scaled(size: int, width: int) -> int:
   """A hidden size given for width 64, scaled to `width` (at least 1)."""
   return max(1, round(size * width / REFERENCE_WIDTH))
@@ -371,24 +367,22 @@ def build(model_cfg, num_classes: int = 0) -> GRL:
   """GRL module from `config.model` (fields in the module docstring). num_classes is unused:
   GRL has no classifier (its identity losses are OIM lookup tables owned by the objective)."""
   del num_classes
-  stage_sizes = _get(model_cfg, 'stage_sizes', None)
-  if stage_sizes is None:
-    stage_sizes = resnet.stage_sizes_for(int(_get(model_cfg, 'resnet_depth', 50)))
-  width = int(_get(model_cfg, 'resnet_width', 64))
-  dtype_name = _get(model_cfg, 'dtype', 'float32')
+  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
+  width = int(cfg_get(model_cfg, 'resnet_width', 64))
+  dtype_name = cfg_get(model_cfg, 'dtype', 'float32')
   if dtype_name not in DTYPES:
     raise ValueError(f'config.model.dtype={dtype_name!r}; expected one of {sorted(DTYPES)}')
   return GRL(
       stage_sizes=tuple(int(s) for s in stage_sizes),
       width=width,
-      last_stride=int(_get(model_cfg, 'last_stride', 1)),
+      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
       dtype=DTYPES[dtype_name],
-      accumulation=_get(model_cfg, 'accumulation', 'plain'),
-      gce_hidden=scaled(int(_get(model_cfg, 'gce_hidden', 1024)), width),
-      corr_hidden=scaled(int(_get(model_cfg, 'corr_hidden', 256)), width),
-      attention_dim=scaled(int(_get(model_cfg, 'attention_dim', 512)), width),
-      trl_reduction=int(_get(model_cfg, 'trl_reduction', 16)),
-      trl_scan=bool(_get(model_cfg, 'trl_scan', True)),
+      accumulation=cfg_get(model_cfg, 'accumulation', 'plain'),
+      gce_hidden=scaled(int(cfg_get(model_cfg, 'gce_hidden', 1024)), width),
+      corr_hidden=scaled(int(cfg_get(model_cfg, 'corr_hidden', 256)), width),
+      attention_dim=scaled(int(cfg_get(model_cfg, 'attention_dim', 512)), width),
+      trl_reduction=int(cfg_get(model_cfg, 'trl_reduction', 16)),
+      trl_scan=bool(cfg_get(model_cfg, 'trl_scan', True)),
   )
 
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grl_jax.models import ModelSpec, register, resnet
+from grl_jax.models import ModelSpec, cfg_get, register, resnet
 from grl_jax.models import nvan as nvan_lib
 
 Array = jax.Array
@@ -198,28 +198,22 @@ class IAUnet(nn.Module):
     return {'feature': feature, 'bn_feature': bn, 'logits': logits, **maps}
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-  return nvan_lib._get(cfg, key, default)  # pylint: disable=protected-access
-
-
 def build_model(model_cfg: Any, num_classes: int) -> IAUnet:
   """IAUnet from `config.model` (fields in the module docstring)."""
-  stage_sizes = _get(model_cfg, 'stage_sizes', None)
-  if stage_sizes is None:
-    stage_sizes = resnet.stage_sizes_for(int(_get(model_cfg, 'resnet_depth', 50)))
-  seq_len = int(_get(model_cfg, 'seq_len', 4))
+  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
+  seq_len = int(cfg_get(model_cfg, 'seq_len', 4))
   if seq_len < 1:
     raise ValueError(f'IAUnet: model.seq_len={seq_len}; expected >= 1')
   return IAUnet(
       num_classes=int(num_classes),
       stage_sizes=tuple(int(v) for v in stage_sizes),
-      width=int(_get(model_cfg, 'resnet_width', 64)),
-      last_stride=int(_get(model_cfg, 'last_stride', 1)),
-      stem_relu=bool(_get(model_cfg, 'stem_relu', True)),
+      width=int(cfg_get(model_cfg, 'resnet_width', 64)),
+      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
+      stem_relu=bool(cfg_get(model_cfg, 'stem_relu', True)),
       seq_len=seq_len,
-      parts=int(_get(model_cfg, 'parts', 4)),
-      ciau_query_chunk=int(_get(model_cfg, 'ciau_query_chunk', 0)),
-      dtype=nvan_lib.parse_dtype(_get(model_cfg, 'dtype', 'float32'), 'model iaunet'),
+      parts=int(cfg_get(model_cfg, 'parts', 4)),
+      ciau_query_chunk=int(cfg_get(model_cfg, 'ciau_query_chunk', 0)),
+      dtype=nvan_lib.parse_dtype(cfg_get(model_cfg, 'dtype', 'float32'), 'model iaunet'),
   )
 
 

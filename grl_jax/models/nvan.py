@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grl_jax.models import ModelSpec, register, resnet
+from grl_jax.models import ModelSpec, cfg_get, register, resnet
 
 Array = jax.Array
 
@@ -356,40 +356,28 @@ _VARIANTS = {
 }
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-  if cfg is None:
-    return default
-  if hasattr(cfg, 'get'):
-    value = cfg.get(key, default)
-  else:
-    value = getattr(cfg, key, default)
-  return default if value is None else value
-
-
 def build_model(model_cfg: Any, num_classes: int, variant: str | None = None) -> NVAN:
   """NVAN / STE-NVAN from `config.model` (fields in the module docstring)."""
-  variant = variant or _get(model_cfg, 'name', 'nvan')
+  variant = variant or cfg_get(model_cfg, 'name', 'nvan')
   if variant not in _VARIANTS:
     raise ValueError(f'nvan.build_model: model.name={variant!r}; expected one of '
                      f'{sorted(_VARIANTS)}')
   defaults = _VARIANTS[variant]
-  stage_sizes = _get(model_cfg, 'stage_sizes', None)
-  if stage_sizes is None:
-    stage_sizes = resnet.stage_sizes_for(int(_get(model_cfg, 'resnet_depth', 50)))
+  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
   return NVAN(
       num_classes=int(num_classes),
       stage_sizes=tuple(int(v) for v in stage_sizes),
-      width=int(_get(model_cfg, 'resnet_width', 64)),
-      last_stride=int(_get(model_cfg, 'last_stride', 1)),
-      stem_relu=bool(_get(model_cfg, 'stem_relu', False)),
-      non_layers=tuple(int(v) for v in _get(model_cfg, 'non_layers', (0, 2, 3, 0))),
+      width=int(cfg_get(model_cfg, 'resnet_width', 64)),
+      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
+      stem_relu=bool(cfg_get(model_cfg, 'stem_relu', False)),
+      non_layers=tuple(int(v) for v in cfg_get(model_cfg, 'non_layers', (0, 2, 3, 0))),
       nl_type=defaults['nl_type'],
-      stripes=int(_get(model_cfg, 'stripes', 16)),
+      stripes=int(cfg_get(model_cfg, 'stripes', 16)),
       temporal_reduction=defaults['temporal_reduction'],
-      nl_temporal_groups=str(_get(model_cfg, 'nl_temporal_groups',
+      nl_temporal_groups=str(cfg_get(model_cfg, 'nl_temporal_groups',
                                   defaults['nl_temporal_groups'])),
-      nl_query_chunk=int(_get(model_cfg, 'nl_query_chunk', 1024)),
-      dtype=parse_dtype(_get(model_cfg, 'dtype', 'float32'), f'model {variant}'),
+      nl_query_chunk=int(cfg_get(model_cfg, 'nl_query_chunk', 1024)),
+      dtype=parse_dtype(cfg_get(model_cfg, 'dtype', 'float32'), f'model {variant}'),
   )
 
 

@@ -50,6 +50,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grl_jax import models
+
 Dtype = Any
 
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -65,6 +67,18 @@ def stage_sizes_for(depth: int) -> tuple[int, ...]:
     raise ValueError(f'resnet_depth={depth!r} is not a Bottleneck ResNet; '
                      f'expected one of {sorted(STAGE_SIZES)} (or give stage_sizes)')
   return STAGE_SIZES[depth]
+
+
+def stage_sizes_from_config(model_cfg) -> tuple[int, ...]:
+  """`model_cfg.stage_sizes` if given and non-empty, else `stage_sizes_for(resnet_depth)`.
+
+  An empty tuple means "derive from resnet_depth", so recipes can carry the field and command
+  lines can still override it (`--config.model.stage_sizes=(1,1,1,1)`).
+  """
+  sizes = models.cfg_get(model_cfg, 'stage_sizes', None)
+  if not sizes:
+    return stage_sizes_for(int(models.cfg_get(model_cfg, 'resnet_depth', 50)))
+  return tuple(int(v) for v in sizes)
 
 
 def block_name(stage: int, index: int) -> str:
