@@ -495,6 +495,21 @@ class BatchIterator:
   def __iter__(self):
     return self
 
+  def close(self):
+    """Stops the stream now and releases its tf.data iterator (and its prefetch threads).
+
+    A tf.data iterator that is still prefetching when the interpreter exits can deadlock the
+    shutdown, so a caller that stops early (preemption, NaN, an error) should close it.
+    """
+    self._stop = self._step
+    self._it = iter(())
+
+  def __enter__(self) -> 'BatchIterator':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def __next__(self) -> dict[str, np.ndarray]:
     if self._stop is not None and self._step >= self._stop:
       raise StopIteration

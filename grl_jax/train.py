@@ -663,7 +663,7 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[Data] = None) -> 
     # Release the input stream now: a tf.data iterator still prefetching (a run stopped early)
     # that is only collected at interpreter exit can deadlock the shutdown.
     if batches is not None and hasattr(batches, 'close'):
-      batches.close()
+      batches.close()  # data_pipeline.pipeline.BatchIterator.close
     del batches
     gc.collect()
     ckpt.close()

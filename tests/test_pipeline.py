@@ -122,6 +122,15 @@ def test_determinism_resume_and_processes(clean_index):
   assert not np.array_equal(other['frames'], ref[0]['frames'])
 
 
+def test_close_stops_an_infinite_stream(clean_index):
+  with pipeline.train_iterator(clean_index, _cfg(), global_batch_size=4, seed=1) as it:
+    first = next(it)
+    assert it.step == 1
+  assert first['frames'].shape[0] == 4
+  with pytest.raises(StopIteration):
+    next(it)
+
+
 def test_pk_sampler_through_the_pipeline(clean_index):
   cfg = _cfg(batch_sampler='pk', k=2, pk_mode='cross_cam', threads=2)
   it = pipeline.train_iterator(clean_index, cfg, global_batch_size=4, seed=0, num_steps=2)
