@@ -317,6 +317,27 @@ def make_dataset(name: str, train: TrackletIndex, test: TrackletIndex, query_row
                  meta=meta)
 
 
+def dataset_from_lists(name: str, train, query, gallery, protocol: str, meta: dict[str, Any],
+                       verify: bool = False) -> Dataset:
+  """A Dataset from per-split `(tracklets, pids, camids)` lists (frame-path lists per tracklet).
+
+  For layouts whose query and gallery are separate lists (Duke, iLIDS-VID, PRID, custom): train
+  pids are relabelled (originals in `meta['train_pids']`) and the gallery is used as given by
+  the 'official' and 'torchreid' protocols, with the queries prepended by 'cas'.
+  """
+  tracklets, pids, camids = train
+  labels, original = relabel(np.asarray(pids, np.int64))
+  train_index = TrackletIndex.from_lists(tracklets, labels, camids)
+  query_index = TrackletIndex.from_lists(*query)
+  gallery_index = TrackletIndex.from_lists(*gallery)
+  test = TrackletIndex.concat(query_index, gallery_index)
+  nq = len(query_index)
+  gallery_rows = nq + np.arange(len(gallery_index))
+  return make_dataset(name, train_index, test, np.arange(nq), gallery_rows, protocol,
+                      dict(meta, train_pids=original), official_rows=gallery_rows,
+                      verify=verify)
+
+
 def verify_frames(dataset: str, indices: Sequence[TrackletIndex],
                   limit: int = MAX_MISSING_LISTED) -> None:
   """Raises DatasetError listing (up to `limit`) frame files that do not exist.

@@ -36,11 +36,10 @@ from __future__ import annotations
 import csv
 import io
 
-import numpy as np
 
 from data_pipeline.datasets import common
 from data_pipeline.datasets.common import DatasetError
-from data_pipeline.index import Dataset, TrackletIndex
+from data_pipeline.index import Dataset
 
 NAME = 'custom'
 DEFAULT_FILE = 'dataset.csv'
@@ -129,14 +128,5 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
   for split in ('query', 'gallery'):
     if not splits[split][0]:
       raise DatasetError(f'{csv_path!r} has no {split!r} rows; query and gallery are required')
-  frames, pids, camids = splits['train']
-  labels, original = common.relabel(np.asarray(pids, np.int64))
-  train = TrackletIndex.from_lists(frames, labels, camids)
-  query = TrackletIndex.from_lists(*splits['query'])
-  gallery = TrackletIndex.from_lists(*splits['gallery'])
-  test = TrackletIndex.concat(query, gallery)
-  nq = len(query)
-  gallery_rows = nq + np.arange(len(gallery))
-  meta = {'root': csv_path, 'train_pids': original}
-  return common.make_dataset(NAME, train, test, np.arange(nq), gallery_rows, protocol, meta,
-                             official_rows=gallery_rows, verify=verify)
+  return common.dataset_from_lists(NAME, splits['train'], splits['query'], splits['gallery'],
+                                  protocol, {'root': csv_path}, verify=verify)

@@ -25,7 +25,7 @@ import numpy as np
 
 from data_pipeline.datasets import common
 from data_pipeline.datasets.common import DatasetError
-from data_pipeline.index import Dataset, TrackletIndex
+from data_pipeline.index import Dataset
 
 NAME = 'duke'
 LAYOUT = 'DukeMTMC-VideoReID/{train,query,gallery}/<pid4>/<tracklet4>/*.jpg'
@@ -87,14 +87,5 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
     read[split] = _read_split(split_dir)
     if not read[split][0]:
       raise DatasetError(f'{NAME}: no frames found under {split_dir!r}; expected {LAYOUT}')
-  tracklets, pids, camids = read['train']
-  labels, train_pids = common.relabel(np.asarray(pids))
-  train = TrackletIndex.from_lists(tracklets, labels, camids)
-  query = TrackletIndex.from_lists(*read['query'])
-  gallery = TrackletIndex.from_lists(*read['gallery'])
-  test = TrackletIndex.concat(query, gallery)
-  nq = len(query)
-  gallery_rows = nq + np.arange(len(gallery))
-  meta = {'root': root, 'train_pids': train_pids}
-  return common.make_dataset(NAME, train, test, np.arange(nq), gallery_rows, protocol, meta,
-                             official_rows=gallery_rows, verify=verify)
+  return common.dataset_from_lists(NAME, read['train'], read['query'], read['gallery'],
+                                  protocol, {'root': root}, verify=verify)

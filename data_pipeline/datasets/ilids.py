@@ -19,11 +19,10 @@ directories.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from data_pipeline.datasets import common
 from data_pipeline.datasets.common import DatasetError
-from data_pipeline.index import Dataset, TrackletIndex
+from data_pipeline.index import Dataset
 
 NAME = 'ilids'
 LAYOUT = ('i-LIDS-VID/sequences/cam{1,2}/personNNN/*.png and '
@@ -103,17 +102,10 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
       train_lists.append(frames[(c, person)])
       train_pids.append(_person_number(person, seq_dir))
       train_cams.append(c)
-  labels, original = common.relabel(np.asarray(train_pids))
-  train = TrackletIndex.from_lists(train_lists, labels, train_cams)
   test_pids = [_person_number(p, seq_dir) for p in test_people]
-  query = TrackletIndex.from_lists([frames[(0, p)] for p in test_people], test_pids,
-                                   [0] * len(test_people))
-  gallery = TrackletIndex.from_lists([frames[(1, p)] for p in test_people], test_pids,
-                                     [1] * len(test_people))
-  test = TrackletIndex.concat(query, gallery)
-  nq = len(query)
-  gallery_rows = nq + np.arange(len(gallery))
-  meta = {'root': root, 'split_id': split_id, 'train_pids': original,
+  query = ([frames[(0, p)] for p in test_people], test_pids, [0] * len(test_people))
+  gallery = ([frames[(1, p)] for p in test_people], test_pids, [1] * len(test_people))
+  meta = {'root': root, 'split_id': split_id,
           'convention': 'ls_set first half = test (Wang et al. ECCV14)'}
-  return common.make_dataset(NAME, train, test, np.arange(nq), gallery_rows, protocol, meta,
-                             official_rows=gallery_rows, verify=verify)
+  return common.dataset_from_lists(NAME, (train_lists, train_pids, train_cams), query, gallery,
+                                   protocol, meta, verify=verify)

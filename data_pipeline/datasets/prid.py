@@ -31,7 +31,7 @@ import numpy as np
 
 from data_pipeline.datasets import common
 from data_pipeline.datasets.common import DatasetError
-from data_pipeline.index import Dataset, TrackletIndex
+from data_pipeline.index import Dataset
 
 NAME = 'prid'
 LAYOUT = 'prid_2011/multi_shot/cam_{a,b}/person_NNNN/*.png'
@@ -152,16 +152,9 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
       train_lists.append(frames[c][pid])
       train_pids.append(pid)
       train_cams.append(c)
-  labels, original = common.relabel(np.asarray(train_pids))
-  train = TrackletIndex.from_lists(train_lists, labels, train_cams)
   test_ids = sorted(split['test'])
-  query = TrackletIndex.from_lists([frames[0][p] for p in test_ids], test_ids, [0] * len(test_ids))
-  gallery = TrackletIndex.from_lists([frames[1][p] for p in test_ids], test_ids,
-                                     [1] * len(test_ids))
-  test = TrackletIndex.concat(query, gallery)
-  nq = len(query)
-  gallery_rows = nq + np.arange(len(gallery))
-  meta = {'root': root, 'split_id': int(split_id), 'train_pids': original,
-          'splits_file': splits_path}
-  return common.make_dataset(NAME, train, test, np.arange(nq), gallery_rows, protocol, meta,
-                             official_rows=gallery_rows, verify=verify)
+  query = ([frames[0][p] for p in test_ids], test_ids, [0] * len(test_ids))
+  gallery = ([frames[1][p] for p in test_ids], test_ids, [1] * len(test_ids))
+  meta = {'root': root, 'split_id': int(split_id), 'splits_file': splits_path}
+  return common.dataset_from_lists(NAME, (train_lists, train_pids, train_cams), query, gallery,
+                                   protocol, meta, verify=verify)
