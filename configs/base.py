@@ -327,6 +327,21 @@ def apply_runlocal(config: ConfigDict) -> ConfigDict:
   return config
 
 
+# The `get_config(arg)` arguments every dataset module accepts (configs/{mars,duke,...}.py).
+DATASET_ARGS = dict(model='grl', accel='cpu', root='', runlocal=False)
+
+
+def finish_dataset_config(config: ConfigDict, args: ConfigDict) -> ConfigDict:
+  """The common tail of a dataset module's get_config: root, accelerator preset, runlocal, lock."""
+  if args.root:
+    config.data.root = args.root
+  apply_accel(config, args.accel)
+  if args.runlocal:
+    apply_runlocal(config)
+  config.lock()
+  return config
+
+
 # ------------------------------------------------------------------------------------------------
 # Validation
 

@@ -18,17 +18,11 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False, split=0)
+  args = base.parse_arg(arg, **base.DATASET_ARGS, split=0)
   config = base.get_config('ilids', args.model)
-  if args.root:
-    config.data.root = args.root
   config.data.split_id = args.split
   config.data.protocol = 'torchreid'
   config.data.test_sampling = 'dense'
   # 150 ids x 2 cameras = 300 tracklets: 37 steps per epoch; evaluate less often.
   config.train.eval_every_epochs = 20
-  base.apply_accel(config, args.accel)
-  if args.runlocal:
-    base.apply_runlocal(config)
-  config.lock()
-  return config
+  return base.finish_dataset_config(config, args)

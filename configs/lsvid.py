@@ -14,13 +14,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, model='grl', accel='cpu', root='', runlocal=False)
+  args = base.parse_arg(arg, **base.DATASET_ARGS)
   config = base.get_config('lsvid', args.model)
-  if args.root:
-    config.data.root = args.root
   config.data.protocol = 'torchreid'
-  base.apply_accel(config, args.accel)
-  if args.runlocal:
-    base.apply_runlocal(config)
-  config.lock()
-  return config
+  return base.finish_dataset_config(config, args)
