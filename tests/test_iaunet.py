@@ -7,40 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import np_reference
+
 from grl_jax import models as registry
 from grl_jax.models import iaunet
 
 EPS = 1e-5
-
-
-def _randomise(variables, seed, scale=0.3):
-  rng = np.random.RandomState(seed)
-
-  def draw(path, a):
-    name = jax.tree_util.keystr(path)
-    if "'var'" in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), a.dtype)
-    if "'mean'" in name:
-      return jnp.asarray(rng.normal(0, 0.1, a.shape), a.dtype)
-    if "'scale'" in name:
-      return jnp.asarray(1 + rng.normal(0, 0.3, a.shape), a.dtype)
-    return jnp.asarray(rng.normal(0, scale, a.shape), a.dtype)
-  return jax.tree_util.tree_map_with_path(draw, variables)
-
-
-def _softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def _dense(p, x):
-  return x @ np.asarray(p['kernel'], np.float64) + np.asarray(p['bias'], np.float64)
-
-
-def _bn(p, s, x):
-  return ((x - np.asarray(s['mean'])) / np.sqrt(np.asarray(s['var']) + EPS)
-          * np.asarray(p['scale']) + np.asarray(p['bias']))
 
 
 def _official_mask(t, n=4):
@@ -58,39 +30,39 @@ def _np_ciau(p, s, x):
   for ch in range(c):
     for f in range(t):
       g[:, ch * t + f] = x[:, f, :, :, ch].reshape(b, h * w)
-  y = np.einsum('bij,bjp->bip', _softmax(np.einsum('bip,bjp->bij', g, g)), g)
+  y = np.einsum('bij,bjp->bip', np_reference.softmax(np.einsum('bip,bjp->bij', g, g)), g)
   y5 = np.zeros_like(x)
   for ch in range(c):
     for f in range(t):
       y5[:, f, :, :, ch] = y[:, ch * t + f].reshape(b, h, w)
-  return x + _bn(p['bn'], s['bn'], _dense(p['conv'], y5))
+  return x + np_reference.bn_eval(p['bn'], s['bn'], np_reference.dense(p['conv'], y5))
 
 
 def _np_stiau(p, s, z, parts=4):
   """Spec §B4.2 on z [B, T, H, W, C] float64 (eval-mode BN); returns (z_out, a, e_pre_bn)."""
   b, t, h, w, c = z.shape
   u = z.mean(axis=(1, 2, 3))
-  logits = _bn(p['sa_bn'], s['sa_bn'], _dense(p['sa_conv'], z))
+  logits = np_reference.bn_eval(p['sa_bn'], s['sa_bn'], np_reference.dense(p['sa_conv'], z))
   a = 1 / (1 + np.exp(-logits))                                          # [B, T, H, W, 4]
   part = np.zeros((b, t, parts, c))
   for k in range(parts):
     part[:, :, k] = (a[..., k:k + 1] * z).sum(axis=(2, 3))             # weighted SUM
-  xn = _dense(p['g'], part).reshape(b, t * parts, -1)
-  ub = _dense(p['g'], u)
+  xn = np_reference.dense(p['g'], part).reshape(b, t * parts, -1)
+  ub = np_reference.dense(p['g'], u)
   n = t * parts
   e_pre = np.zeros((b, n, n))
   for i in range(n):
     for j in range(n):
       feat = np.concatenate([np.abs(xn[:, i] - xn[:, j]), ub], -1)
-      e_pre[:, i, j] = _dense(p['relation_conv'], feat)[:, 0]
-  e = _bn(p['relation_bn'], s['relation_bn'], e_pre[..., None])[..., 0]
-  wgt = _softmax(e - 1e8 * _official_mask(t, parts))
+      e_pre[:, i, j] = np_reference.dense(p['relation_conv'], feat)[:, 0]
+  e = np_reference.bn_eval(p['relation_bn'], s['relation_bn'], e_pre[..., None])[..., 0]
+  wgt = np_reference.softmax(e - 1e8 * _official_mask(t, parts))
   neigh = np.einsum('bij,bjc->bic', wgt, xn)
-  sn = np.maximum(_bn(p['gconv_bn'], s['gconv_bn'],
-                      _dense(p['gconv_conv'], np.concatenate([xn, neigh], -1))), 0)
+  sn = np.maximum(np_reference.bn_eval(p['gconv_bn'], s['gconv_bn'],
+                      np_reference.dense(p['gconv_conv'], np.concatenate([xn, neigh], -1))), 0)
   sf = sn.reshape(b, t, parts, -1).mean(axis=2)
   v = np.concatenate([sf, np.broadcast_to(ub[:, None], sf.shape)], -1)
-  v = _bn(p['update_bn'], s['update_bn'], _dense(p['update_conv'], v))
+  v = np_reference.bn_eval(p['update_bn'], s['update_bn'], np_reference.dense(p['update_conv'], v))
   return z + v[:, :, None, None, :], a, e_pre, wgt
 
 
@@ -110,7 +82,7 @@ def test_node_mask_matches_official_construction_and_definition():
 def test_ciau_matches_numpy_equation():
   x = np.random.RandomState(0).randn(2, 3, 4, 2, 6).astype(np.float32) * 0.3
   block = iaunet.CIAU()
-  v = _randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 1)
+  v = np_reference.randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 1)
   got = block.apply(v, jnp.asarray(x), train=False)
   want = _np_ciau(v['params'], v['batch_stats'], x.astype(np.float64))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
@@ -118,7 +90,7 @@ def test_ciau_matches_numpy_equation():
 
 def test_ciau_query_chunks_do_not_change_the_result():
   x = jnp.asarray(np.random.RandomState(2).randn(2, 3, 4, 2, 6).astype(np.float32) * 0.3)
-  v = _randomise(iaunet.CIAU().init(jax.random.PRNGKey(0), x), 3)
+  v = np_reference.randomise(iaunet.CIAU().init(jax.random.PRNGKey(0), x), 3)
   np.testing.assert_allclose(np.asarray(iaunet.CIAU(query_chunk=5).apply(v, x)),
                              np.asarray(iaunet.CIAU().apply(v, x)), rtol=1e-5, atol=1e-5)
 
@@ -127,7 +99,7 @@ def test_ciau_query_chunks_do_not_change_the_result():
 def stiau_case():
   z = np.random.RandomState(4).randn(2, 3, 4, 2, 8).astype(np.float32) * 0.5
   block = iaunet.STIAU(seq_len=4)
-  v = _randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(z)), 5)
+  v = np_reference.randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(z)), 5)
   return block, v, z
 
 
@@ -151,7 +123,7 @@ def test_stiau_batch_norm_statistic_domains(stiau_case):
   p = v['params']
   z64 = z.astype(np.float64)
   # sa_bn: over every (b, t, h, w) position.
-  sa_pre = _dense(p['sa_conv'], z64)
+  sa_pre = np_reference.dense(p['sa_conv'], z64)
   np.testing.assert_allclose(np.asarray(new['sa_bn']['mean']),
                              0.1 * sa_pre.mean(axis=(0, 1, 2, 3)), rtol=1e-4, atol=1e-6)
   # relation_bn: over all B·n·n pairs, diagonal included. Recompute e_pre with train-mode sa_bn.
@@ -159,11 +131,11 @@ def test_stiau_batch_norm_statistic_domains(stiau_case):
   a = 1 / (1 + np.exp(-(((sa_pre - mu) / np.sqrt(var + EPS)) * np.asarray(p['sa_bn']['scale'])
                         + np.asarray(p['sa_bn']['bias']))))
   part = np.einsum('bthwk,bthwc->btkc', a, z64)
-  xn = _dense(p['g'], part).reshape(2, 12, -1)
-  ub = _dense(p['g'], z64.mean(axis=(1, 2, 3)))
+  xn = np_reference.dense(p['g'], part).reshape(2, 12, -1)
+  ub = np_reference.dense(p['g'], z64.mean(axis=(1, 2, 3)))
   diff = np.abs(xn[:, :, None] - xn[:, None])
   pair = np.concatenate([diff, np.broadcast_to(ub[:, None, None], diff.shape)], -1)
-  e_pre = _dense(p['relation_conv'], pair)
+  e_pre = np_reference.dense(p['relation_conv'], pair)
   np.testing.assert_allclose(np.asarray(new['relation_bn']['mean']),
                              0.1 * e_pre.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
   assert new['update_bn']['mean'].shape == (8,) and new['gconv_bn']['mean'].shape == (4,)

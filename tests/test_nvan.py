@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import np_reference
+
 from grl_jax import convert_nvan
 from grl_jax import models as registry
 from grl_jax.models import nvan
@@ -16,43 +18,13 @@ EPS = 1e-5
 TINY = dict(stage_sizes=(1, 2, 3, 1), resnet_width=4, stripes=4, nl_query_chunk=0)
 
 
-def _randomise(variables, seed):
-  """Params ~ N(0, 0.3) (BN scales 1 ± 0.3), running means ~ N(0, 0.1), vars in [0.5, 1.5]."""
-  rng = np.random.RandomState(seed)
-
-  def draw(path, a):
-    name = jax.tree_util.keystr(path)
-    if "'var'" in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), a.dtype)
-    if "'mean'" in name:
-      return jnp.asarray(rng.normal(0, 0.1, a.shape), a.dtype)
-    if "'scale'" in name:
-      return jnp.asarray(1 + rng.normal(0, 0.3, a.shape), a.dtype)
-    return jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype)
-  return jax.tree_util.tree_map_with_path(draw, variables)
-
-
-def _np_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def _np_dense(p, x):
-  return x @ np.asarray(p['kernel'], np.float64) + np.asarray(p['bias'], np.float64)
-
-
-def _np_bn_eval(p, s, x):
-  return ((x - np.asarray(s['mean'])) / np.sqrt(np.asarray(s['var']) + EPS)
-          * np.asarray(p['scale']) + np.asarray(p['bias']))
-
-
 def _np_non_local(params, stats, x):
   """Spec §A2: Z = X + BN(W softmax(θ φᵀ) g); x [G, N, C] float64."""
-  th, ph, g = (_np_dense(params[k], x) for k in ('theta', 'phi', 'g'))
-  a = _np_softmax(np.einsum('gqd,gkd->gqk', th, ph))
+  th, ph, g = (np_reference.dense(params[k], x) for k in ('theta', 'phi', 'g'))
+  a = np_reference.softmax(np.einsum('gqd,gkd->gqk', th, ph))
   y = np.einsum('gqk,gkd->gqd', a, g)
-  return x + _np_bn_eval(params['w_bn'], stats['w_bn'], _np_dense(params['w_conv'], y))
+  w_y = np_reference.dense(params['w_conv'], y)
+  return x + np_reference.bn_eval(params['w_bn'], stats['w_bn'], w_y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,7 +35,8 @@ def _np_non_local(params, stats, x):
 def test_softmax_attention_matches_numpy_with_and_without_chunks(chunk):
   rng = np.random.RandomState(0)
   q, k, v = (rng.randn(3, 12, 6).astype(np.float32) for _ in range(3))
-  want = np.einsum('gqk,gkd->gqd', _np_softmax(np.einsum('gqd,gkd->gqk', q * 1.0, k * 1.0)), v)
+  attention = np_reference.softmax(np.einsum('gqd,gkd->gqk', q * 1.0, k * 1.0))
+  want = np.einsum('gqk,gkd->gqd', attention, v)
   got = nvan.softmax_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), chunk)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
@@ -81,7 +54,7 @@ def test_chunked_attention_gradients_match_unchunked():
 def test_non_local_block_matches_numpy_equation():
   x = np.random.RandomState(2).randn(2, 10, 8).astype(np.float32)
   block = nvan.NonLocalBlock()
-  v = _randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 3)
+  v = np_reference.randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 3)
   got = block.apply(v, jnp.asarray(x), train=False)
   want = _np_non_local(v['params'], v['batch_stats'], x.astype(np.float64))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
@@ -118,7 +91,7 @@ def test_stripe_pool_and_broadcast_round_trip():
 def test_stripe_non_local_matches_numpy_equation():
   x = np.random.RandomState(6).randn(3, 2, 8, 3, 8).astype(np.float32)   # [G, T_g, H, W, C]
   block = nvan.StripeNonLocalBlock(stripes=4)
-  v = _randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 7)
+  v = np_reference.randomise(block.init(jax.random.PRNGKey(0), jnp.asarray(x)), 7)
   got = block.apply(v, jnp.asarray(x), train=False)
   x64 = x.astype(np.float64)
   p = x64.reshape(3, 2, 4, 2, 3, 8).mean(axis=(3, 4)).reshape(3, 8, 8)   # pool, then embed
@@ -161,7 +134,7 @@ def tiny_models():
   out = {}
   for name in ('nvan', 'ste_nvan'):
     model = _tiny(name)
-    variables = _randomise(model.init(jax.random.PRNGKey(0), _frames(), train=True), 11)
+    variables = np_reference.randomise(model.init(jax.random.PRNGKey(0), _frames(), train=True), 11)
     out[name] = (model, variables, jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)))
   return out
 
@@ -300,7 +273,8 @@ def test_imagenet_init_copies_the_trunk_and_keeps_fresh_blocks(name):
   from grl_jax import convert
   from grl_jax.models import resnet
   trunk = resnet.ResNet(stage_sizes=(1, 2, 3, 1), width=4)
-  tv = _randomise(trunk.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 16, 3)), train=False), 9)
+  tv = trunk.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 16, 3)), train=False)
+  tv = np_reference.randomise(tv, 9)
   state = {convert.resnet_torch_key(c, tuple(p)): convert.flax_to_torch(np.asarray(v), p[-1])
            for (c, *p), v in convert.flatten(tv).items()}
   state['fc.weight'] = np.zeros((1000, 128), np.float32)
