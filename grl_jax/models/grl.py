@@ -86,10 +86,40 @@ def dense(features: int, fan_in: int, *, use_bias: bool = True, dtype: Dtype = j
                   bias_init=bias_init or torch_bias_init(fan_in), name=name)
 
 
+class Conv1x1(nn.Module):
+  """A 1x1 conv (stride 1, no padding) written as a matmul over the channel axis.
+
+  Same variables as `nn.Conv(features, (1, 1))` (`kernel` f32[1, 1, C, F], optional `bias`
+  f32[F], same initialisers and names, so checkpoints and conversions are unchanged) and the
+  same result. Why not nn.Conv: inside the TRL `nn.scan` (an XLA while loop) XLA:CPU leaves
+  the 1x1 convolutions and their gradients as convolution ops in non-canonical layouts
+  (weight gradient `f01b_i01o->01bf`), which run several times slower than the matmuls it
+  emits for them outside loops; a dot_general is a plain GEMM everywhere.
+  """
+  features: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = torch_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x f[..., C] -> f[..., F] in `dtype`."""
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel[0, 0].astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
 def conv1x1(features: int, fan_in: int, *, use_bias: bool = False, dtype: Dtype = jnp.float32,
-            name: str | None = None) -> nn.Conv:
-  return resnet.conv(features, 1, use_bias=use_bias, dtype=dtype, name=name,
-                     kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in))
+            name: str | None = None, kernel_init=None) -> Conv1x1:
+  """PyTorch-initialised 1x1 conv (default: U(+-1/sqrt(fan_in)) weight and bias)."""
+  return Conv1x1(features, use_bias=use_bias, dtype=dtype, name=name,
+                 kernel_init=kernel_init or torch_kernel_init,
+                 bias_init=torch_bias_init(fan_in))
 
 
 def l2_normalize(x: jax.Array, eps: float | None) -> jax.Array:
@@ -171,13 +201,11 @@ class AccumulationUnit(nn.Module):
   def __call__(self, m: jax.Array, u: jax.Array, train: bool) -> jax.Array:
     z = (m + u).astype(self.dtype)
     d = z.shape[-1]
-    y = resnet.conv(self.bottleneck, 1, dtype=self.dtype, name='conv1',
-                    kernel_init=torch_kernel_init)(z)
+    y = conv1x1(self.bottleneck, d, dtype=self.dtype, name='conv1')(z)
     y = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='bn1'), y, self.dtype))
-    y = resnet.conv(self.bottleneck, 1, dtype=self.dtype, name='conv2',
-                    kernel_init=torch_kernel_init)(y)
+    y = conv1x1(self.bottleneck, self.bottleneck, dtype=self.dtype, name='conv2')(y)
     y = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='bn2'), y, self.dtype))
-    y = resnet.conv(d, 1, dtype=self.dtype, name='conv3', kernel_init=torch_kernel_init)(y)
+    y = conv1x1(d, self.bottleneck, dtype=self.dtype, name='conv3')(y)
     y = resnet.batch_norm(train, name='bn3')(y.astype(jnp.float32))
     if self.se:
       s = jnp.mean(y, axis=(1, 2))
