@@ -93,8 +93,9 @@ class Conv1x1(nn.Module):
   f32[F], same initialisers and names, so checkpoints and conversions are unchanged) and the
   same result. Why not nn.Conv: inside the TRL `nn.scan` (an XLA while loop) XLA:CPU leaves
   the 1x1 convolutions and their gradients as convolution ops in non-canonical layouts
-  (weight gradient `f01b_i01o->01bf`), which run several times slower than the matmuls it
-  emits for them outside loops; a dot_general is a plain GEMM everywhere.
+  (weight gradient `f01b_i01o->01bf`), which run on a slow generic path: one TRL direction's
+  forward + backward at 2 x 8 x 16 x 8 x 2048 took 38 s instead of 0.8 s, most of a 170 s
+  full-size CPU train step (benchmarks/RESULTS.md). A dot_general is a plain GEMM everywhere.
   """
   features: int
   use_bias: bool = False
