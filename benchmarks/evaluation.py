@@ -17,7 +17,9 @@ evaluation, so generation transients are excluded; 'process ru_maxrss' = the who
 Usage:
   python benchmarks/evaluation.py                        # the three protocols at MARS scale
   python benchmarks/evaluation.py --gallery_scale 5 10 --protocols cas
-  python benchmarks/evaluation.py --reference            # + the torchreid-style loop, 1980x9330
+  python -m benchmarks.evaluation --reference           # + the torchreid-style loop, 1980x9330
+                                                         # (run from the repository root: the
+                                                         # loop lives in tests/test_evaluation.py)
 """
 from __future__ import annotations
 
@@ -119,7 +121,6 @@ def make_problem(protocol: str, scale: int, seed: int = 0):
 
 def run_one(protocol: str, scale: int, repeats: int) -> dict:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  sys.path.insert(0, ROOT)
   import jax  # noqa: F401  (the runtime belongs in the baseline)
   from grl_jax import evaluation as ev
   problem = make_problem(protocol, scale)
@@ -156,7 +157,6 @@ def run_one(protocol: str, scale: int, repeats: int) -> dict:
 
 
 def run_reference() -> dict:
-  sys.path.insert(0, ROOT)
   from grl_jax import evaluation as ev
   from tests.test_evaluation import torchreid_reference
   problem = make_problem('torchreid', 1)

@@ -4,7 +4,7 @@ r"""Train-step benchmark: compile time, step time, throughput, memory, FLOPs and
         [--config.model.dtype=bfloat16 ...]
     python benchmarks/train_step.py --config=configs/mars.py:accel=gpu     # full-size GRL
 
-It builds exactly the trainer's jitted step (`grl_jax.train.build`) for the config and feeds
+It builds exactly the trainer's jitted step (`grl_jax.trainer.setup.build`) for the config and feeds
 random uint8 clips in pair structure (no dataset needed), so it measures the model + objective +
 optimiser step alone. FLOPs come from XLA's cost analysis of the compiled step; utilisation is
 FLOP/s divided by the device's peak (table below; CPUs have no table entry, so only FLOP/s is
@@ -20,8 +20,6 @@ import resource
 import sys
 import time
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # noqa: E402
@@ -30,10 +28,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from configs import base as config_base  # noqa: E402
 from grl_jax import checkpoint  # noqa: E402
 from grl_jax import sharding  # noqa: E402
-from grl_jax import train  # noqa: E402
+from grl_jax import validation  # noqa: E402
+from grl_jax.trainer import setup as setup_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
@@ -97,7 +95,7 @@ def random_batch(config, batch_size: int, num_classes: int, seed: int = 0) -> di
 
 def run(config, steps: int, num_classes: int) -> dict:
   t0 = time.perf_counter()
-  setup = train.build(config, num_classes=num_classes, steps_per_epoch=1000)
+  setup = setup_lib.build(config, num_classes=num_classes, steps_per_epoch=1000)
   state = setup.init_state(int(config.seed))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
@@ -113,7 +111,7 @@ def run(config, steps: int, num_classes: int) -> dict:
     unrolled = config.copy_and_resolve_references()
     with unrolled.unlocked():
       unrolled.model.trl_scan = False
-    u = train.build(unrolled, num_classes=num_classes, steps_per_epoch=1000)
+    u = setup_lib.build(unrolled, num_classes=num_classes, steps_per_epoch=1000)
     abstract = checkpoint.abstract_tree(u.abstract_state, sharding.replicated(u.mesh))
     flops = _cost_flops(u.train_step.lower(abstract, batch).compile())
     flops_source = 'unrolled step (trl_scan=False)'
@@ -155,7 +153,7 @@ def run(config, steps: int, num_classes: int) -> dict:
 def main(argv):
   del argv
   config = _CONFIG.value
-  config_base.validate(config, device_count=jax.device_count(),
+  validation.validate(config, device_count=jax.device_count(),
                        process_count=jax.process_count(), check_data=False)
   r = run(config, _STEPS.value, _NUM_CLASSES.value)
   width = max(len(k) for k in r)

@@ -1,4 +1,4 @@
-"""Shared defaults, argument parsing, presets and start-up validation of every grl_jax config.
+"""Shared defaults and presets of every grl_jax config (pure data: no runtime logic).
 
 A config module (`configs/mars.py`, ...) exposes `get_config(arg)`; `arg` is the short string
 after the colon of `--config=configs/mars.py:model=grl,accel=gpu,runlocal` (big_vision style):
@@ -12,9 +12,9 @@ comma-separated `key=value` pairs, a bare `key` meaning `key=True`. The module b
 and returns a *locked* ConfigDict: a mistyped `--config.optim.lr_multt=...` override, or a recipe
 setting a field that does not exist, is an error instead of a silently ignored value.
 
-`validate(config)` runs in `grl_jax.train` before anything is compiled; it checks enums, the
-batch composition against the device count, and that the data root exists (with a message
-saying what the dataset's directory must contain and where it comes from).
+The allowed values of every enum field are in grl_jax/schema.py; `grl_jax.validation.validate`
+checks a config against them (and the batch against the devices, the data root, the model's
+shape constraints) at start-up, before anything is compiled.
 
 Schema (every field has a default here, so a recipe can only change existing fields):
 
@@ -38,19 +38,11 @@ from typing import Any
 
 import ml_collections
 
+from grl_jax import schema
+from grl_jax.errors import ConfigError
+
 ConfigDict = ml_collections.ConfigDict
 
-DATASETS = ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom')
-PROTOCOLS = ('official', 'torchreid', 'cas')
-TRAIN_SAMPLINGS = ('rrs', 'stride', 'evenly', 'random')
-TEST_SAMPLINGS = ('rrs_test', 'dense', 'evenly')
-BATCH_SAMPLERS = ('pair', 'pk')
-ERASING_MODES = ('frame', 'clip')
-OPTIMIZERS = ('sgd', 'adam')
-DTYPES = ('float32', 'bfloat16')
-ACCELS = ('cpu', 'gpu', 'tpu')
-AGGREGATES = ('mean',)
-RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 # Model name -> configs/models/<family>.py holding its recipe.
 MODEL_FAMILIES = {'grl': 'grl', 'nvan': 'nvan', 'ste_nvan': 'nvan', 'iaunet': 'iaunet'}
 
@@ -82,58 +74,6 @@ DATASET_HELP = {
 # Directory name under $GRL_JAX_DATA (default ./data) that the dataset configs use as root.
 DEFAULT_DIRS = {'mars': 'MARS', 'duke': 'DukeMTMC-VideoReID', 'ilids': 'iLIDS-VID',
                 'prid': 'PRID-2011', 'lsvid': 'LS-VID', 'custom': 'custom'}
-
-
-class ConfigError(ValueError):
-  """A config field holds a value the system cannot run with; the message names the field."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Argument string
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
-  """Parses `get_config`'s argument string `'k1=v1,k2,k3=v3'` against typed `defaults`.
-
-  A bare `k` sets `k=True`. Values are converted to the type of the default (bool accepts
-  true/false/1/0). Unknown keys raise `ConfigError` listing the known ones.
-  """
-  out = ConfigDict(defaults)
-  if not arg:
-    return out
-  for item in arg.split(','):
-    item = item.strip()
-    if not item:
-      continue
-    key, sep, value = item.partition('=')
-    key = key.strip()
-    if key not in defaults:
-      raise ConfigError(f'config argument {key!r} (in {arg!r}) is unknown; known: '
-                        f'{sorted(defaults)}')
-    default = defaults[key]
-    if not sep:
-      if not isinstance(default, bool):
-        raise ConfigError(f'config argument {key!r} needs a value ({key}=...)')
-      out[key] = True
-      continue
-    value = value.strip()
-    if isinstance(default, bool):
-      if value.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-        raise ConfigError(f'config argument {key}={value!r}: expected true/false')
-      out[key] = value.lower() in ('true', '1', 'yes')
-    elif isinstance(default, int):
-      try:
-        out[key] = int(value)
-      except ValueError as e:
-        raise ConfigError(f'config argument {key}={value!r}: expected an int') from e
-    elif isinstance(default, float):
-      try:
-        out[key] = float(value)
-      except ValueError as e:
-        raise ConfigError(f'config argument {key}={value!r}: expected a float') from e
-    else:
-      out[key] = value
-  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,7 +154,6 @@ def _train_defaults() -> ConfigDict:
 def _eval_defaults() -> ConfigDict:
   return ConfigDict(dict(
       batch_size=32,             # clips per eval batch over all devices
-      aggregate='mean',          # clip descriptors -> one per tracklet (official dense protocol)
       max_rank=50,
       subset_ids=0,              # > 0: evaluate on the first N query identities only (quick runs)
       ranked_list=True,          # write a ranked-list PNG after the final evaluation
@@ -273,7 +212,8 @@ def _merge(section: ConfigDict, overrides: ConfigDict | dict, where: str):
 def recipe(model: str) -> ConfigDict:
   """The published recipe of `model` from configs/models/<family>.py."""
   if model not in MODEL_FAMILIES:
-    raise ConfigError(f'model={model!r} has no recipe; known: {sorted(MODEL_FAMILIES)}')
+    raise ConfigError(f'config argument model={model!r} has no recipe; known: '
+                      f'{sorted(MODEL_FAMILIES)}')
   module = importlib.import_module(f'configs.models.{MODEL_FAMILIES[model]}')
   return module.recipe(model)
 
@@ -299,8 +239,7 @@ def apply_accel(config: ConfigDict, accel: str) -> ConfigDict:
   cpu: float32. gpu / tpu: bfloat16 compute (params, BN statistics and losses stay float32),
   larger eval batches. The mesh is always one 'data' axis over all devices.
   """
-  if accel not in ACCELS:
-    raise ConfigError(f'accel={accel!r}: expected one of {ACCELS}')
+  schema.check_choice(accel, schema.ACCELS, 'config argument accel')
   config.accel = accel
   if 'dtype' in config.model:
     config.model.dtype = 'float32' if accel == 'cpu' else 'bfloat16'
@@ -340,146 +279,3 @@ def finish_dataset_config(config: ConfigDict, args: ConfigDict) -> ConfigDict:
     apply_runlocal(config)
   config.lock()
   return config
-
-
-# ------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_enum(config: ConfigDict, path: str, allowed):
-  value = config
-  for part in path.split('.'):
-    value = value[part]
-  if value not in allowed:
-    raise ConfigError(f'config.{path}={value!r}: expected one of {tuple(allowed)}')
-
-
-def global_batch_size(config: ConfigDict, device_count: int) -> int:
-  """The effective global batch: per_device x devices when per_device_batch_size > 0."""
-  if config.train.per_device_batch_size > 0:
-    return int(config.train.per_device_batch_size) * device_count
-  return int(config.train.global_batch_size)
-
-
-def mesh_devices(config: ConfigDict, device_count: int) -> int:
-  n = int(config.mesh.data)
-  return device_count if n == -1 else n
-
-
-def validate(config: ConfigDict, *, device_count: int = 1, process_count: int = 1,
-             check_data: bool = True, mode: str = 'train') -> None:
-  """Raises ConfigError naming the field when `config` cannot run; cheap, touches no pixels."""
-  for key in ('seed', 'data', 'model', 'loss', 'optim', 'train', 'eval', 'mesh'):
-    if key not in config:
-      raise ConfigError(f'config has no field {key!r}; build configs from configs/base.py')
-  for path, allowed in (('data.dataset', DATASETS), ('data.protocol', PROTOCOLS),
-                        ('data.train_sampling', TRAIN_SAMPLINGS),
-                        ('data.test_sampling', TEST_SAMPLINGS),
-                        ('data.batch_sampler', BATCH_SAMPLERS),
-                        ('data.erasing_mode', ERASING_MODES), ('optim.name', OPTIMIZERS),
-                        ('eval.aggregate', AGGREGATES), ('rng_impl', RNG_IMPLS)):
-    _check_enum(config, path, allowed)
-  if 'dtype' in config.model:
-    _check_enum(config, 'model.dtype', DTYPES)
-  if not config.model.get('name'):
-    raise ConfigError('config.model.name is empty; set a registered model name (e.g. grl)')
-
-  d = config.data
-  for field in ('height', 'width', 'seq_len'):
-    if int(d[field]) < 1:
-      raise ConfigError(f'config.data.{field}={d[field]}: expected a positive int')
-  if not 0.0 <= float(d.erasing_prob) <= 1.0:
-    raise ConfigError(f'config.data.erasing_prob={d.erasing_prob}: expected in [0, 1]')
-  if d.dataset in ('ilids', 'prid'):
-    if not 0 <= int(d.split_id) <= 9:
-      raise ConfigError(f'config.data.split_id={d.split_id}: {d.dataset} has splits 0..9')
-  elif int(d.split_id) != 0:
-    raise ConfigError(f'config.data.split_id={d.split_id}: only ilids/prid have splits; use 0')
-
-  o = config.optim
-  if float(o.lr) <= 0:
-    raise ConfigError(f'config.optim.lr={o.lr}: expected > 0')
-  if float(o.weight_decay) < 0:
-    raise ConfigError(f'config.optim.weight_decay={o.weight_decay}: expected >= 0')
-  if list(o.decay_epochs) != sorted(o.decay_epochs):
-    raise ConfigError(f'config.optim.decay_epochs={tuple(o.decay_epochs)}: expected ascending')
-  for item in o.lr_mult:
-    if len(item) != 2 or not isinstance(item[0], str):
-      raise ConfigError(f'config.optim.lr_mult entry {item!r}: expected (regex, multiplier)')
-  if int(o.epochs) < 1 and int(config.train.num_steps) < 1:
-    raise ConfigError('config.optim.epochs and config.train.num_steps are both < 1: '
-                      'nothing to train')
-
-  t = config.train
-  n_mesh = mesh_devices(config, device_count)
-  if n_mesh < 1 or n_mesh > device_count:
-    raise ConfigError(f'config.mesh.data={config.mesh.data}: this host sees {device_count} '
-                      'devices; use -1 (all) or a number between 1 and that')
-  if n_mesh % process_count:
-    raise ConfigError(f'config.mesh.data={n_mesh} devices do not split over {process_count} '
-                      'processes')
-  batch = global_batch_size(config, n_mesh)
-  if batch < 1:
-    raise ConfigError(f'config.train.global_batch_size={batch}: expected >= 1')
-  if batch % n_mesh:
-    raise ConfigError(
-        f'config.train.global_batch_size={batch} is not divisible by the {n_mesh} devices of '
-        f'the mesh; use a multiple of {n_mesh} (or set config.train.per_device_batch_size)')
-  if d.batch_sampler == 'pair':
-    group = 2
-    if batch % 2:
-      raise ConfigError(f'config.train.global_batch_size={batch}: the pair sampler needs an '
-                        'even batch (B/2 anchor-partner pairs)')
-  else:
-    p, k = int(d.p), int(d.k)
-    if p > 0 and k > 0 and p * k != batch:
-      raise ConfigError(
-          f'config.data.p={p} x config.data.k={k} = {p * k} clips, but the global batch is '
-          f'{batch}; set train.global_batch_size (or p, k) so that P x K = global batch')
-    if k <= 0:
-      k = batch // p if p > 0 else 4
-    if batch % k:
-      raise ConfigError(f'global batch {batch} is not a multiple of config.data.k={k} '
-                        '(tracklets per identity)')
-    group = k
-  if (batch // group) % process_count:
-    raise ConfigError(f'global batch {batch} = {batch // group} groups of {group}; they must '
-                      f'split evenly over {process_count} processes')
-  if int(config.eval.batch_size) < 1 or int(config.eval.batch_size) % n_mesh:
-    raise ConfigError(f'config.eval.batch_size={config.eval.batch_size}: expected a positive '
-                      f'multiple of the {n_mesh} mesh devices')
-  for field in ('log_every_steps', 'checkpoint_every_steps'):
-    if int(t[field]) < 1:
-      raise ConfigError(f'config.train.{field}={t[field]}: expected >= 1')
-  if int(t.keep_checkpoints) < 1:
-    raise ConfigError(f'config.train.keep_checkpoints={t.keep_checkpoints}: expected >= 1')
-  if int(t.eval_every_epochs) < 0:
-    raise ConfigError(f'config.train.eval_every_epochs={t.eval_every_epochs}: expected >= 0')
-
-  if check_data:
-    check_data_root(config)
-  if config.init.checkpoint and mode == 'train' and '://' not in config.init.checkpoint:
-    if not os.path.isdir(config.init.checkpoint):
-      raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r} is not a '
-                        'directory; write one with `python -m grl_jax.convert` (see README)')
-
-
-def check_data_root(config: ConfigDict) -> None:
-  """The data root must exist unless the synthetic generator will create it."""
-  d = config.data
-  if d.synthetic.enabled:
-    return
-  root = str(d.root)
-  if not root:
-    raise ConfigError(f'config.data.root is empty; expected the {d.dataset} directory. '
-                      f'{DATASET_HELP[d.dataset]}')
-  if '://' in root:   # gs:// etc.: the reader checks (a listing costs a round trip)
-    return
-  if not os.path.exists(os.path.expanduser(root)):
-    raise ConfigError(
-        f'config.data.root={root!r} does not exist (dataset {d.dataset!r}). Expected '
-        f'{DATASET_HELP[d.dataset]}. Put the data there or pass --config.data.root=/path '
-        '(or set GRL_JAX_DATA to the folder holding it). For a dataset-free try, run '
-        '--config=configs/demo.py.')
-
-

@@ -25,10 +25,11 @@ and they train with Adam 1e-3 for 25 epochs since they start from scratch.
 from __future__ import annotations
 
 from configs import base
+from grl_jax import schema
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, model='grl', ids=48, test_ids=32, steps=-1, accel='cpu')
+  args = schema.parse_arg(arg, model='grl', ids=48, test_ids=32, steps=-1, accel='cpu')
   config = base.get_config('mars', args.model)
   config.data.root = ''                      # '' + synthetic: <workdir>/data
   if args.model == 'grl':

@@ -12,12 +12,13 @@ the other models use the usual torchreid-style gallery.
 from __future__ import annotations
 
 from configs import base
+from grl_jax import schema
 
 PROTOCOL = {'grl': 'cas', 'nvan': 'torchreid', 'ste_nvan': 'torchreid', 'iaunet': 'cas'}
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, **base.DATASET_ARGS)
+  args = schema.parse_arg(arg, **base.DATASET_ARGS)
   config = base.get_config('duke', args.model)
   config.data.protocol = PROTOCOL[args.model]
   return base.finish_dataset_config(config, args)

@@ -15,10 +15,11 @@ numbers average the 10 splits: run split=0..9 and average.
 from __future__ import annotations
 
 from configs import base
+from grl_jax import schema
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, **base.DATASET_ARGS, split=0)
+  args = schema.parse_arg(arg, **base.DATASET_ARGS, split=0)
   config = base.get_config('ilids', args.model)
   config.data.split_id = args.split
   config.data.protocol = 'torchreid'

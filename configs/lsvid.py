@@ -11,10 +11,11 @@ GRL reports no LS-VID result; this runs its MARS recipe with the torchreid-style
 from __future__ import annotations
 
 from configs import base
+from grl_jax import schema
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, **base.DATASET_ARGS)
+  args = schema.parse_arg(arg, **base.DATASET_ARGS)
   config = base.get_config('lsvid', args.model)
   config.data.protocol = 'torchreid'
   return base.finish_dataset_config(config, args)

@@ -14,13 +14,14 @@ with --config.data.protocol=torchreid to compare with torchreid-style papers.
 from __future__ import annotations
 
 from configs import base
+from grl_jax import schema
 
 # The gallery protocol each model's released code evaluates MARS with.
 PROTOCOL = {'grl': 'cas', 'nvan': 'official', 'ste_nvan': 'official', 'iaunet': 'cas'}
 
 
 def get_config(arg: str | None = None):
-  args = base.parse_arg(arg, **base.DATASET_ARGS)
+  args = schema.parse_arg(arg, **base.DATASET_ARGS)
   config = base.get_config('mars', args.model)
   config.data.protocol = PROTOCOL[args.model]
   return base.finish_dataset_config(config, args)

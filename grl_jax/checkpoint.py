@@ -23,16 +23,17 @@ Policies:
 """
 from __future__ import annotations
 
-import json
 import logging as py_logging
 import math
-import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from grl_jax import io
+from grl_jax.errors import CheckpointError
 
 PyTree = Any
 ITEMS = ('variables', 'train_state', 'meta')
@@ -52,29 +53,23 @@ py_logging.getLogger('absl').addFilter(_QuietFilter())
 
 def resolve_dir(directory: str) -> str:
   """`directory` may be a workdir (holding `checkpoints/`) or the checkpoint directory itself."""
-  directory = str(directory)
-  if '://' not in directory:
-    directory = os.path.abspath(os.path.expanduser(directory))
-  sub = os.path.join(directory, SUBDIR)
-  if os.path.basename(directory.rstrip('/')) == SUBDIR:
+  directory = io.normalize(directory)
+  sub = io.join(directory, SUBDIR)
+  if directory.rstrip('/').rsplit('/', 1)[-1] == SUBDIR:
     return directory
-  if _isdir(sub) or not _has_steps(directory):
+  if io.isdir(sub) or not _has_steps(directory):
     return sub
   return directory
 
 
-def _isdir(path: str) -> bool:
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    return epath.Path(path).is_dir()
-  return os.path.isdir(path)
-
-
 def _has_steps(path: str) -> bool:
-  if not _isdir(path):
-    return False
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return any(p.name.isdigit() for p in epath.Path(path).iterdir())
+  return io.isdir(path) and any(name.isdigit() for name in io.listdir(path))
+
+
+def exists(directory: str) -> bool:
+  """True if `directory` (a workdir or checkpoint directory) holds a finished step."""
+  path = resolve_dir(directory)
+  return io.isdir(path) and bool(complete_steps(path))
 
 
 def to_jsonable(x: Any) -> Any:
@@ -196,7 +191,7 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+      raise CheckpointError(f'no checkpoint in {self.directory}')
     variables, rest = abstract_state.checkpoint_items()
     out = self.manager.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(variables),
@@ -257,8 +252,7 @@ def _set_aside_incomplete(directory: str):
 
 
 def _item_exists(directory: str, step: int, item: str) -> bool:
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return (epath.Path(directory) / str(step) / item).exists()
+  return io.exists(io.join(directory, str(step), item))
 
 
 def write_variables(directory: str, variables: dict, config, step: int = 0,
@@ -283,7 +277,7 @@ def write_variables(directory: str, variables: dict, config, step: int = 0,
         variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(to_jsonable(meta))),
         force=True)
     mngr.wait_until_finished()
-  return os.path.join(path, str(step)) if '://' not in path else f'{path}/{step}'
+  return io.join(path, str(step))
 
 
 def restore_variables(directory: str, step: Optional[int] = None, sharding=None
@@ -299,17 +293,17 @@ def restore_variables(directory: str, step: Optional[int] = None, sharding=None
     ({'params': ..., 'batch_stats': ...} of jax.Arrays, meta dict with 'config', 'step', ...).
   """
   path = resolve_dir(directory)
-  if not _isdir(path):
-    raise FileNotFoundError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
+  if not io.isdir(path):
+    raise CheckpointError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
                             '<step>/ and <dir>/<step>/)')
   with _manager(path, _READ_ONLY) as mngr:
     steps = complete_steps(path, mngr.all_steps())
     if step is None:
       if not steps:
-        raise FileNotFoundError(f'no finished checkpoint step in {path}')
+        raise CheckpointError(f'no finished checkpoint step in {path}')
       step = steps[-1]
     elif step not in steps:
-      raise FileNotFoundError(f'step {step} not in {path}; available: {steps}')
+      raise CheckpointError(f'step {step} not in {path}; available: {steps}')
     sharding = sharding if sharding is not None else replicated_sharding()
     meta_tree = mngr.item_metadata(step)['variables']
     target = jax.tree.map(
@@ -325,14 +319,55 @@ def restore_variables(directory: str, step: Optional[int] = None, sharding=None
 def read_meta(directory: str, step: Optional[int] = None) -> dict:
   """The meta JSON of `step` (latest if None), without touching arrays."""
   path = resolve_dir(directory)
+  if not io.isdir(path):
+    raise CheckpointError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
+                          '<step>/ and <dir>/<step>/)')
   with _manager(path, _READ_ONLY) as mngr:
     steps = complete_steps(path, mngr.all_steps())
     step = (steps[-1] if steps else None) if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no finished checkpoint step in {path}')
+    if step is None or step not in steps:
+      raise CheckpointError(f'no finished checkpoint step {"" if step is None else step} in '
+                            f'{path}; available: {steps}')
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
 
 def dump_json(path: str, obj: Any):
-  with open(path, 'w') as f:
-    json.dump(to_jsonable(obj), f, indent=1)
+  io.write_json(path, to_jsonable(obj))
+
+
+def merge_variables(target: dict, loaded: dict, prefix: str = '') -> tuple[dict, int]:
+  """Warm start: `target` variables with every tensor of `loaded` whose path matches copied in.
+
+  Args:
+    target: {'params': ..., 'batch_stats': ...} of the fresh model (host or device arrays).
+    loaded: the same collections of a restored checkpoint (e.g. converted ImageNet weights).
+    prefix: '/'-path inside the target where `loaded`'s tree is placed ('' = at the root;
+      e.g. 'backbone' for a bare ResNet).
+
+  Returns:
+    (merged variables, number of tensors copied). Copied tensors take the target's dtype.
+
+  Raises:
+    CheckpointError if a matching path has another shape, or if no path matches at all.
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  head = tuple(p for p in str(prefix).split('/') if p)
+  copied, mismatched, merged = 0, [], {}
+  for coll in ('params', 'batch_stats'):
+    flat = traverse_util.flatten_dict(target.get(coll) or {})
+    for path, value in traverse_util.flatten_dict(loaded.get(coll) or {}).items():
+      key = head + tuple(path)
+      if key not in flat:
+        continue
+      if tuple(flat[key].shape) != tuple(value.shape):
+        mismatched.append(f'{"/".join(key)} {tuple(value.shape)} vs {tuple(flat[key].shape)}')
+        continue
+      flat[key] = value.astype(flat[key].dtype)
+      copied += 1
+    merged[coll] = traverse_util.unflatten_dict(flat) if flat else {}
+  if mismatched:
+    raise CheckpointError(f'shapes differ for {len(mismatched)} tensors, e.g. {mismatched[:3]}')
+  if copied == 0:
+    raise CheckpointError(f'no tensor path matches the model (prefix {prefix!r}); check '
+                          'config.init.prefix')
+  return merged, copied

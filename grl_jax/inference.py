@@ -19,13 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
-
-
-def normalize(frames: jax.Array) -> jax.Array:
-  """uint8 (or 0-255 float) RGB [..., 3] -> ImageNet-normalised float32, on the device."""
-  return (frames.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD
+from grl_jax.errors import CheckpointError
+from grl_jax.trainer.step import normalize_frames as normalize
 
 
 class Extractor:
@@ -48,11 +43,13 @@ class Extractor:
     self.config = dict(config)
     self.meta = dict(meta or {})
     self.descriptor_distance = descriptor_distance
-    data = dict(self.config.get('data', {}) or {})
-    self.seq_len = int(data.get('seq_len', 8))
-    self.test_sampling = str(data.get('test_sampling', 'rrs_test'))
-    eval_cfg = dict(self.config.get('eval', {}) or {})
-    self.batch_size = int(batch_size or eval_cfg.get('batch_size', 8) or 8)
+    try:
+      self.seq_len = int(self.config['data']['seq_len'])
+      self.test_sampling = str(self.config['data']['test_sampling'])
+      self.batch_size = int(batch_size or self.config['eval']['batch_size'])
+    except KeyError as e:
+      raise CheckpointError(f'the checkpoint config has no field {e}: it was not written by '
+                            'grl_jax (train or convert)') from e
     # One jitted function; jax.jit keeps one executable per input shape/dtype (and flag).
     self._forward = jax.jit(self._descriptor, static_argnames=('normalized',))
 
@@ -110,8 +107,8 @@ def load(checkpoint_dir: str, step: int | None = None, batch_size: int | None = 
   config = dict(meta.get('config') or {})
   model_cfg = config.get('model')
   if not model_cfg or 'name' not in model_cfg:
-    raise ValueError(f'{checkpoint_dir}: the checkpoint meta has no config.model.name; it was '
-                     'not written by grl_jax (train or convert)')
+    raise CheckpointError(f'{checkpoint_dir}: the checkpoint meta has no config.model.name; it '
+                          'was not written by grl_jax (train or convert)')
   spec = models.get(model_cfg['name'])
   num_classes = int(meta.get('num_classes') or 1)  # only sizes train-time classifiers
   model = spec.build(_as_config(model_cfg), num_classes)

@@ -5,10 +5,14 @@ r"""Command line: train, evaluate or extract features with one config.
         [--config.optim.lr=2e-3 --config.data.root=/data/MARS ...]
 
 * train (default): trains, resuming from the latest checkpoint in DIR, evaluates every
-  `config.train.eval_every_epochs` epochs and at the end.
+  `config.train.eval_every_epochs` epochs and at the end (grl_jax/trainer/loop.py).
 * eval: restores the latest (or --step) checkpoint of DIR without the optimiser and prints the
   CMC / mAP table. --config may be omitted: the config stored in the checkpoint is used.
 * extract: writes per-tracklet descriptors of --split to DIR/features_<split>_step<N>.npz.
+
+A user mistake (bad flag or config value, missing dataset or checkpoint, unwritable workdir)
+ends the command with one line `grl_jax: error: ...` and exit status 1, before anything is
+compiled.
 
 Multi-process (multi-host TPU / GPU clusters): set GRL_JAX_DISTRIBUTED=1 (or pass
 --distributed) and `jax.distributed.initialize()` auto-detects TPU pods, Slurm and Open MPI; or
@@ -20,25 +24,21 @@ from __future__ import annotations
 import os
 import sys
 
-# `configs/` lives at the repository root, next to the package: make `--config=configs/x.py`
-# importable wherever the command is started from.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from grl_jax import cli
+from grl_jax import schema
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/mars.py:model=grl (see configs/).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and outputs go here.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'extract'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', list(schema.MODES), 'What to do.')
 _STEP = flags.DEFINE_integer('step', None, 'eval/extract: checkpoint step (default: latest).')
-_SPLIT = flags.DEFINE_enum('split', 'query', ['query', 'gallery', 'train'], 'extract: split.')
+_SPLIT = flags.DEFINE_enum('split', 'query', list(schema.SPLITS), 'extract: split.')
 _OUTPUT = flags.DEFINE_string('output', None, 'extract: output .npz path.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() (also GRL_JAX_DISTRIBUTED=1).')
@@ -57,55 +57,44 @@ def _init_distributed():
     jax.distributed.initialize()
 
 
-def _config_from_checkpoint(workdir: str):
-  import ml_collections  # pylint: disable=g-import-not-at-top
+def run(mode: str, workdir: str) -> None:
   from grl_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  meta = checkpoint.read_meta(workdir, _STEP.value)
-  config = ml_collections.ConfigDict(meta['config'])
-  config.lock()
-  return config
+  from grl_jax import offline  # pylint: disable=g-import-not-at-top
+  from grl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from grl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from grl_jax.trainer import loop  # pylint: disable=g-import-not-at-top
+  if not workdir:
+    raise ConfigError('--workdir is required (checkpoints, logs and outputs go there)')
+  workdir = workdir_lib.prepare(workdir)   # the only place the workdir is created
+  _init_distributed()
+  try:
+    config = _CONFIG.value
+    if config is not None:
+      config.keys()  # ml_collections defers a config file's load failure to its first use
+  except OSError as e:
+    raise ConfigError(f'--config: {" ".join(str(e.__cause__ or e).split())}') from e
+  if config is None:
+    if mode == 'train':
+      raise ConfigError('--config is required for training (e.g. --config=configs/demo.py)')
+    config = cli.locked_config(checkpoint.read_meta(workdir, _STEP.value)['config'])
+  if mode == 'train':
+    loop.train_and_evaluate(config, workdir)
+  elif mode == 'eval':
+    offline.evaluate(config, workdir, step=_STEP.value)
+  else:
+    offline.extract(config, workdir, split=_SPLIT.value, step=_STEP.value,
+                    output=_OUTPUT.value)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    cli.fail('grl_jax', f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     # orbax and friends log every save at INFO; our progress goes to stdout. -v 0 shows them.
     logging.set_verbosity(logging.WARNING)
-  from configs.base import ConfigError  # pylint: disable=g-import-not-at-top
-  from grl_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value
-  known = (ConfigError, train.WorkdirError, train.NonFiniteLossError, FileNotFoundError)
-  try:
-    from data_pipeline.datasets import DatasetError  # pylint: disable=g-import-not-at-top
-    known += (DatasetError,)
-  except ImportError:
-    pass
-  try:
-    if not workdir:
-      raise train.WorkdirError('--workdir is required (checkpoints, logs and outputs go there)')
-    # Before anything else: a workdir we cannot write is reported before any compute.
-    workdir = train.prepare_workdir(workdir)
-    _init_distributed()
-    import jax  # pylint: disable=g-import-not-at-top
-    config = _CONFIG.value
-    if config is None:
-      if _MODE.value == 'train':
-        raise ConfigError('--config is required for training (e.g. --config=configs/demo.py)')
-      config = _config_from_checkpoint(workdir)
-    logging.info('process %d/%d, %d local / %d global devices (%s)', jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count(),
-                 jax.devices()[0].platform)
-    if _MODE.value == 'train':
-      train.train_and_evaluate(config, workdir)
-    elif _MODE.value == 'eval':
-      train.evaluate(config, workdir, step=_STEP.value)
-    else:
-      train.extract(config, workdir, split=_SPLIT.value, step=_STEP.value, output=_OUTPUT.value)
-  except known as e:
-    print(f'grl_jax: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+  cli.run_or_fail('grl_jax', lambda: run(_MODE.value, _WORKDIR.value))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  app.run(main, flags_parser=lambda argv: cli.parse_flags('grl_jax', argv))

@@ -15,11 +15,14 @@ Layout (all in pixels; fh x fw = `frame_size`, n = `frames_per_tracklet`, b = `b
 """
 from __future__ import annotations
 
+import io as _io
 import os
 from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from grl_jax import io
 
 PAD = 4
 LABEL_H = 14
@@ -44,7 +47,7 @@ def _pick(n_total: int, n: int) -> np.ndarray:
 
 def _load(frame) -> Image.Image:
   if isinstance(frame, (str, os.PathLike)):
-    with Image.open(frame) as im:
+    with Image.open(_io.BytesIO(io.read_bytes(str(frame)))) as im:
       return im.convert('RGB')
   a = np.asarray(frame)
   if a.dtype != np.uint8:
@@ -142,8 +145,7 @@ def ranked_list_picture(queries: Sequence[Frames], galleries: Sequence[Sequence[
                          f'{tuple(STATUS_COLORS)}')
       put(r, i, frames, STATUS_COLORS[s], labels[r][i] if labels else str(i + 1))
   if out_path is not None:
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    canvas.save(out_path, format='PNG')
+    io.save_png(str(out_path), canvas)
   return np.asarray(canvas)
 
 

@@ -1,4 +1,5 @@
-"""configs/: every config builds, is locked, carries its recipe; validation rejects bad input."""
+"""configs/: every config builds, is locked, carries its recipe; the start-up validator
+(grl_jax/validation.py) rejects bad input."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +9,10 @@ import ml_collections
 import pytest
 
 from configs import base
+from data_pipeline import datasets
+from grl_jax import schema
+from grl_jax import validation
+from grl_jax.errors import ConfigError
 
 DATASET_CONFIGS = ('mars', 'duke', 'ilids', 'prid', 'lsvid')
 
@@ -31,7 +36,7 @@ def test_dataset_configs_build_locked_and_validate(dataset, tmp_path):
     config = module.get_config(f'model={model},root={tmp_path}')
     assert config.is_locked and config.model.name == model
     assert config.data.dataset == dataset and config.data.root == str(tmp_path)
-    base.validate(config, device_count=1)
+    validation.validate(config, device_count=1)
     with pytest.raises(AttributeError):
       config.optim.lr_multt = 1.0        # unknown keys are errors, not silently ignored
   config = module.get_config('runlocal,accel=gpu')
@@ -58,16 +63,16 @@ def test_grl_mars_recipe_is_the_published_one():
 
 
 def test_parse_arg_types_and_errors():
-  a = base.parse_arg('model=nvan,runlocal,split=3,lr=0.5', model='grl', runlocal=False,
+  a = schema.parse_arg('model=nvan,runlocal,split=3,lr=0.5', model='grl', runlocal=False,
                      split=0, lr=1.0)
   assert (a.model, a.runlocal, a.split, a.lr) == ('nvan', True, 3, 0.5)
-  with pytest.raises(base.ConfigError, match="'modle'.*known"):
-    base.parse_arg('modle=grl', model='grl')
-  with pytest.raises(base.ConfigError, match='expected an int'):
-    base.parse_arg('split=x', split=0)
-  with pytest.raises(base.ConfigError, match='needs a value'):
-    base.parse_arg('split', split=0)
-  with pytest.raises(base.ConfigError, match='no recipe'):
+  with pytest.raises(ConfigError, match="'modle'.*known"):
+    schema.parse_arg('modle=grl', model='grl')
+  with pytest.raises(ConfigError, match='expected an int'):
+    schema.parse_arg('split=x', split=0)
+  with pytest.raises(ConfigError, match='needs a value'):
+    schema.parse_arg('split', split=0)
+  with pytest.raises(ConfigError, match='no recipe'):
     base.recipe('resnet')
 
 
@@ -98,32 +103,33 @@ def test_validate_rejects_inconsistent_values(tmp_path, change, devices, message
     section, field = key.split('__')
     with c[section].ignore_type():
       c[section][field] = value
-  with pytest.raises(base.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    base.validate(c, device_count=devices)
+  with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    validation.validate(c, device_count=devices)
 
 
 def test_per_device_batch_scales_with_devices(tmp_path):
   c = _valid(tmp_path)
   c.train.per_device_batch_size = 2
-  base.validate(c, device_count=8)
-  assert base.global_batch_size(c, 8) == 16
+  validation.validate(c, device_count=8)
+  assert schema.global_batch_size(c, 8) == 16
 
 
 def test_missing_data_root_says_what_to_put_there(tmp_path):
   c = _valid(tmp_path / 'nope')
-  with pytest.raises(base.ConfigError) as e:
-    base.validate(c)
+  with pytest.raises(ConfigError) as e:
+    validation.validate(c)
   msg = str(e.value)
   for expected in ('does not exist', 'bbox_train', 'bbox_test', 'tracks_train_info.mat',
                    'query_IDX.mat', '--config.data.root', 'configs/demo.py'):
     assert expected in msg, (expected, msg)
-  assert set(base.DATASET_HELP) == set(base.DATASETS) == set(base.DEFAULT_DIRS)
+  assert set(base.DEFAULT_DIRS) == set(schema.DATASETS)
+  assert all(datasets.root_help(name) for name in schema.DATASETS)
 
 
 def test_demo_config_uses_synthetic_data_and_a_reduced_grl():
   demo = importlib.import_module('configs.demo').get_config()
   assert demo.data.synthetic.enabled and demo.data.root == ''
-  base.validate(demo)                          # no root needed: generated into the workdir
+  validation.validate(demo)                          # no root needed: generated into the workdir
   assert demo.model.name == 'grl' and demo.model.resnet_width < 64
   assert tuple(demo.model.stage_sizes) == (1, 1, 1, 1)
   assert demo.loss.feature_dim == 32 * demo.model.resnet_width

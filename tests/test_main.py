@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from tests import conftest as c
+from tests import helpers as c
 
 
 def _main(*args, timeout=600):

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 from grl_jax import sharding
-from grl_jax import train
-from tests import conftest as c
+from grl_jax.trainer import setup as setup_lib
+from grl_jax.trainer import step as step_lib
+from tests import helpers as c
+
 
 def one_step(root: str, out: str):
   """Two training steps and one eval step of the toy model; everything they produce -> .npz."""
   config = c.toy_config(root, train__global_batch_size=16, eval__batch_size=16)
   data = c.toy_data(config)
-  setup = train.build(config, num_classes=8, steps_per_epoch=data.steps_per_epoch)
+  setup = setup_lib.build(config, num_classes=8, steps_per_epoch=data.steps_per_epoch)
   state = setup.init_state(0)
   batches = data.train_batches(0)
   for _ in range(2):
@@ -65,7 +67,7 @@ def test_mesh_is_auto_and_batches_shard_on_data(tmp_path):
 def test_normalize_frames_uses_imagenet_statistics():
   frames = np.zeros((1, 1, 1, 2, 3), np.uint8)
   frames[..., 1, :] = 255
-  x = np.asarray(train.normalize_frames(frames))
+  x = np.asarray(step_lib.normalize_frames(frames))
   mean = np.array([0.485, 0.456, 0.406])
   std = np.array([0.229, 0.224, 0.225])
   np.testing.assert_allclose(x[0, 0, 0, 0], -mean / std, rtol=1e-5)

@@ -16,13 +16,17 @@ import pytest
 
 from grl_jax import checkpoint
 from grl_jax import reporting
-from grl_jax import train
-from tests import conftest as c
+from grl_jax import offline
+from grl_jax.errors import NonFiniteLossError
+from grl_jax.evaluators import features
+from grl_jax.trainer import loop
+from grl_jax.trainer import setup as setup_lib
+from tests import helpers as c
 
 
 def _train(root, workdir, **overrides):
   config = c.toy_config(root, **overrides)
-  return train.train_and_evaluate(config, str(workdir), data=c.toy_data(config)), config
+  return loop.train_and_evaluate(config, str(workdir), data=c.toy_data(config)), config
 
 
 def test_train_logs_checkpoints_and_evaluates(tmp_path, capsys):
@@ -69,7 +73,7 @@ def test_resume_continues_the_identical_run(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(train.NonFiniteLossError, match=r'at step 6 .*Last good checkpoint: .*/4'):
+  with pytest.raises(NonFiniteLossError, match=r'at step 6 .*Last good checkpoint: .*/4'):
     _train(tmp_path, tmp_path / 'w', loss__nan_at_step=6)
   ck = checkpoint.Checkpointer(str(tmp_path / 'w'), read_only=True)
   assert ck.all_steps() == [4]
@@ -79,7 +83,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_warm_start_copies_matching_tensors_under_prefix(tmp_path):
   config = c.toy_config(tmp_path)
-  setup = train.build(config, num_classes=8, steps_per_epoch=4)
+  setup = setup_lib.build(config, num_classes=8, steps_per_epoch=4)
   donor = jax.device_get(setup.init_state(123).params)
   fresh = setup.init_state(0)
   # A donor holding only the conv layer's tensors at its root (like a converted backbone).
@@ -89,7 +93,7 @@ def test_warm_start_copies_matching_tensors_under_prefix(tmp_path):
     cfg = c.toy_config(tmp_path)
     cfg.unlock()
     cfg.init.checkpoint, cfg.init.prefix = str(tmp_path / 'donor'), prefix
-    return train.warm_start(fresh, cfg, setup.mesh)
+    return setup_lib.warm_start(fresh, cfg, setup.mesh)
 
   with pytest.raises(Exception, match='no tensor path matches'):
     warm('')
@@ -103,25 +107,25 @@ def test_warm_start_copies_matching_tensors_under_prefix(tmp_path):
 def test_eval_and_extract_restore_without_optimizer(tmp_path, capsys):
   out, config = _train(tmp_path, tmp_path / 'w', train__num_steps=4)
   data = c.toy_data(config)
-  results = train.evaluate(config, str(tmp_path / 'w'), data=data)
+  results = offline.evaluate(config, str(tmp_path / 'w'), data=data)
   assert 'mAP' in results and 'step 4' in capsys.readouterr().out
   assert os.path.exists(tmp_path / 'w' / 'eval_step4.json')
-  path = train.extract(config, str(tmp_path / 'w'), split='gallery', data=data)
+  path = offline.extract(config, str(tmp_path / 'w'), split='gallery', data=data)
   npz = np.load(path)
   assert npz['features'].shape == (16, 16) and np.isfinite(npz['features']).all()
   np.testing.assert_array_equal(npz['pids'], data.dataset.gallery.pids)
   np.testing.assert_array_equal(npz['tracklet'], np.arange(16))
   # Tracklet features are the mean over the tracklet's clips (one clip each here): the same
   # descriptors as the query features of an identical tracklet set.
-  setup, variables, _ = train._restore_for_inference(config, str(tmp_path / 'w'), None, data)
-  qf, gf = train.split_features(setup, variables, data)
+  setup, variables, _ = offline._restore(config, str(tmp_path / 'w'), None, data)
+  qf, gf = features.split_features(setup, variables, data)
   np.testing.assert_allclose(gf, npz['features'], rtol=1e-5, atol=1e-6)
 
 
 _SIGTERM_CHILD = textwrap.dedent('''
     import sys, time
-    from tests import conftest as c
-    from grl_jax import train
+    from tests import helpers as c
+    from grl_jax.trainer import loop
 
     config = c.toy_config(sys.argv[1], train__num_steps=100000, train__log_every_steps=1,
                           train__checkpoint_every_steps=100000)
@@ -132,7 +136,7 @@ _SIGTERM_CHILD = textwrap.dedent('''
         time.sleep(0.02)
         yield b
     data.train_batches = slow
-    out = train.train_and_evaluate(config, sys.argv[1], data=data)
+    out = loop.train_and_evaluate(config, sys.argv[1], data=data)
     print('STOPPED', out['stopped'], out['step'], flush=True)
 ''')
 

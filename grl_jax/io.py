@@ -1,0 +1,100 @@
+"""The storage layer: one way to read and write files, whether local or remote (gs://, ...).
+
+Everything the system writes into a workdir (config, metrics, evaluation JSON, pictures,
+features) and reads back goes through here, over `etils.epath` (the library orbax uses for
+checkpoints), so a local path and an object-store URL behave the same. Only this module asks
+whether a path is remote.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+from typing import Any
+
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+  """True for URLs with a scheme (gs://, s3://, ...), False for local paths."""
+  return '://' in str(path)
+
+
+def path(p: str) -> epath.Path:
+  """`p` as an epath.Path; local paths are expanded (~) and made absolute."""
+  if is_remote(p):
+    return epath.Path(str(p))
+  return epath.Path(os.path.abspath(os.path.expanduser(str(p))))
+
+
+def normalize(p: str) -> str:
+  """The canonical string form of a path (absolute for local ones)."""
+  return str(path(p))
+
+
+def join(base: str, *parts: str) -> str:
+  return str(path(base).joinpath(*parts))
+
+
+def exists(p: str) -> bool:
+  return path(p).exists()
+
+
+def isdir(p: str) -> bool:
+  return path(p).is_dir()
+
+
+def makedirs(p: str) -> str:
+  path(p).mkdir(parents=True, exist_ok=True)
+  return normalize(p)
+
+
+def listdir(p: str) -> list[str]:
+  return sorted(c.name for c in path(p).iterdir())
+
+
+def remove(p: str) -> None:
+  path(p).unlink()
+
+
+def read_text(p: str) -> str:
+  return path(p).read_text()
+
+
+def read_bytes(p: str) -> bytes:
+  return path(p).read_bytes()
+
+
+def write_bytes(p: str, data: bytes) -> str:
+  """Writes `data` to `p` (parents created) and returns the path."""
+  target = path(p)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(data)
+  return str(target)
+
+
+def write_text(p: str, text: str) -> str:
+  return write_bytes(p, text.encode('utf-8'))
+
+
+def write_json(p: str, obj: Any, indent: int = 1) -> str:
+  return write_text(p, json.dumps(obj, indent=indent, sort_keys=False) + '\n')
+
+
+def read_json(p: str) -> Any:
+  return json.loads(read_text(p))
+
+
+def save_npz(p: str, **arrays) -> str:
+  """`np.savez` to any path (serialised in memory: object stores have no seekable writes)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buffer = _io.BytesIO()
+  np.savez(buffer, **arrays)
+  return write_bytes(p, buffer.getvalue())
+
+
+def save_png(p: str, image) -> str:
+  """A PIL image as PNG at `p`."""
+  buffer = _io.BytesIO()
+  image.save(buffer, format='PNG')
+  return write_bytes(p, buffer.getvalue())

@@ -1,0 +1,240 @@
+"""`train_and_evaluate(config, workdir)`: the training loop.
+
+It resumes from the workdir's latest checkpoint (the sample stream is a pure function of
+(seed, step), so a resumed run continues the identical sequence), evaluates every
+`config.train.eval_every_epochs` epochs and at the end (optionally also the untrained model),
+saves asynchronously every `config.train.checkpoint_every_steps` and at every evaluation, and
+fetches step metrics from the device only at log, evaluation and checkpoint steps.
+
+Faults: a non-finite loss stops the run (`NonFiniteLossError` naming the first bad step)
+without saving the bad state, so the last checkpoint on disk stays the last good one; SIGTERM /
+SIGINT (preemption.py) save a checkpoint after the current step and return.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from grl_jax import checkpoint as ckpt_lib
+from grl_jax import io
+from grl_jax import optim
+from grl_jax import reporting
+from grl_jax import sharding
+from grl_jax import validation
+from grl_jax.errors import CheckpointError, NonFiniteLossError
+from grl_jax.evaluators import ranked_list
+from grl_jax.evaluators import reid
+from grl_jax.state import TrainState
+from grl_jax.trainer import data as data_lib
+from grl_jax.trainer import preemption
+from grl_jax.trainer import setup as setup_lib
+
+
+def eval_steps(config, steps_per_epoch: int, num_steps: int) -> set[int]:
+  """The steps after which the model is evaluated (always including the last)."""
+  every = int(config.train.eval_every_epochs)
+  steps = {num_steps}
+  if every > 0:
+    steps |= set(range(every * steps_per_epoch, num_steps + 1, every * steps_per_epoch))
+  return steps
+
+
+def checkpoint_meta(config, setup: setup_lib.Setup, step: int,
+                    extra: Optional[dict] = None) -> dict:
+  """The meta JSON saved with a checkpoint: what eval / extract / inference need to rebuild."""
+  return {'config': ckpt_lib.config_to_dict(config), 'step': int(step),
+          'epoch': step / max(setup.steps_per_epoch, 1), 'num_classes': setup.num_classes,
+          'model': config.model.name, 'descriptor_distance': setup.spec.descriptor_distance,
+          'process_count': jax.process_count(), 'device_count': jax.device_count(),
+          **(extra or {})}
+
+
+def say(msg: str):
+  """Prints on process 0 only."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _initial_state(config, setup, ckpt) -> tuple[TrainState, int]:
+  start = ckpt.latest_step()
+  if start is not None and not ckpt.has_train_state(start):
+    raise CheckpointError(
+        f'{ckpt.directory}/{start} holds variables only (a converted checkpoint?); training '
+        'resumes only from training checkpoints. Use config.init.checkpoint for warm starts.')
+  t0 = time.time()
+  if start is None:
+    state = setup.init_state(int(config.seed))
+    if config.init.checkpoint:
+      state = setup_lib.warm_start(state, config, setup.mesh)
+    say(f'[init] initialised {config.model.name} in {time.time() - t0:.1f}s')
+    return state, 0
+  abstract = ckpt_lib.abstract_tree(setup.abstract_state, sharding.replicated(setup.mesh))
+  state, _ = ckpt.restore(abstract, start)
+  say(f'[init] resumed from {ckpt.directory}/{start} in {time.time() - t0:.1f}s')
+  return state, start
+
+
+def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluating on schedule.
+
+  Args:
+    config: a config built from configs/ (validated here, before anything is compiled).
+    workdir: the run directory (prepared by grl_jax/workdir.py).
+    data: a data_pipeline.builder.Data; default: built from config.data.
+
+  Returns:
+    {'step': last step, 'final': final eval results (or None if stopped early), 'best_step',
+     'initial': step-0 results if eval_at_start, 'stopped': signal name or None}.
+  """
+  t_wall = time.time()
+  validation.validate(config, device_count=jax.device_count(),
+                      process_count=jax.process_count(), mode='train')
+  data = data or data_lib.make_data(config, workdir, 'train')
+  num_classes = data.dataset.num_train_ids
+  setup = setup_lib.build(config, num_classes=num_classes, steps_per_epoch=data.steps_per_epoch)
+  is_main = jax.process_index() == 0
+  if is_main:
+    io.write_json(io.join(workdir, 'config.json'), ckpt_lib.config_to_dict(config))
+
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
+                               best_metric=str(config.eval.best_metric),
+                               async_save=bool(config.train.async_checkpoints))
+  reporter = None
+  batches = None
+  try:
+    state, start = _initial_state(config, setup, ckpt)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    say(f'[init] {config.model.name}: {n_params:,} parameters; {num_classes} training ids; '
+        f'{len(data.dataset.query)} queries, {len(data.dataset.gallery)} gallery tracklets; '
+        f'mesh {dict(setup.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} '
+        f'device(s), {jax.process_count()} process(es); batch {setup.global_batch_size}; '
+        f'{setup.steps_per_epoch} steps/epoch, {setup.num_steps} steps; '
+        f'{config.accel} preset')
+    say(f'[init] lr groups: {optim.describe_groups(state.params, config.optim)}')
+
+    reporter = reporting.Reporter(workdir, total_steps=setup.num_steps, is_main=is_main)
+    schedule = eval_steps(config, setup.steps_per_epoch, setup.num_steps)
+    out = {'step': start, 'final': None, 'initial': None, 'best_step': None, 'stopped': None}
+
+    def do_eval(st: TrainState, step: int, title: str):
+      t = time.time()
+      results, qf, gf = reid.run(setup, st.variables, data)
+      reporter.eval_results(step, reid.scalar_results(results),
+                            reid.format_results(results, f'{title} step {step} '
+                                                f'(epoch {step / setup.steps_per_epoch:.2f})'))
+      say(f'[eval] {time.time() - t:.1f}s')
+      return results, qf, gf
+
+    if bool(config.train.eval_at_start) and start == 0:
+      out['initial'] = reid.scalar_results(do_eval(state, 0, 'untrained model,')[0])
+
+    chrono = reporting.Chrono(start, setup.num_steps)
+    pending: list[tuple[int, dict]] = []
+    last_saved = start if ckpt.latest_step() is not None else None
+    log_every = int(config.train.log_every_steps)
+    ckpt_every = int(config.train.checkpoint_every_steps)
+
+    def flush_metrics() -> Optional[dict]:
+      """Fetches pending step metrics; raises on the first non-finite loss; returns the means."""
+      if not pending:
+        return None
+      host = jax.device_get([m for _, m in pending])
+      for (s, _), m in zip(pending, host):
+        if not np.isfinite(m['loss']):
+          ckpt.wait()
+          raise NonFiniteLossError(
+              f'loss is {float(m["loss"])} at step {s} (metrics: '
+              f'{ {k: float(v) for k, v in m.items()} }); the run stopped without saving this '
+              f'state. Last good checkpoint: '
+              f'{"none" if last_saved is None else f"{ckpt.directory}/{last_saved}"}. Lower '
+              'config.optim.lr, check the data, or set config.optim.grad_clip_norm.')
+      means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      pending.clear()
+      return means
+
+    step = start
+    final_features = None
+    with preemption.StopFlag() as stop_flag:
+      batches = data.train_batches(start) if start < setup.num_steps else iter(())
+      for step in range(start + 1, setup.num_steps + 1):
+        batch = next(batches)
+        state, metrics = setup.train_step(state, sharding.to_global(batch, setup.mesh))
+        pending.append((step, metrics))
+        # Multi-process runs agree on stopping through a collective: only at log steps.
+        stop = (stop_flag.is_set() if jax.process_count() == 1 or step % log_every == 0
+                else False)
+        is_eval = step in schedule
+        is_ckpt = step % ckpt_every == 0 or step == setup.num_steps
+        if step % log_every == 0 or is_eval or is_ckpt or stop or step == start + 1:
+          means = flush_metrics()
+          if means is not None and (step % log_every == 0 or step == setup.num_steps
+                                    or step == start + 1):
+            reporter.train_progress(step, means, float(setup.lr_schedule(step - 1)),
+                                    chrono.tick(step), setup.global_batch_size, chrono.elapsed())
+        if is_eval:
+          chrono.pause()
+          results, qf, gf = do_eval(state, step, 'final' if step == setup.num_steps else 'eval')
+          scalars = reid.scalar_results(results)
+          ckpt.save(state, meta=checkpoint_meta(config, setup, step, {'eval': scalars}),
+                    metrics=scalars)
+          last_saved = step
+          if step == setup.num_steps:
+            out['final'] = scalars
+            final_features = (qf, gf)
+          chrono.resume()
+        elif is_ckpt or stop:
+          chrono.pause()
+          ckpt.save(state, meta=checkpoint_meta(config, setup, step))
+          last_saved = step
+          chrono.resume()
+        if stop:
+          out['stopped'] = stop_flag.name
+          say(f'[train] stopped by {out["stopped"]} at step {step}; checkpoint saved to '
+              f'{ckpt.directory}/{step}; rerun the same command to resume')
+          break
+      else:
+        step = setup.num_steps
+    out['step'] = step
+    if start >= setup.num_steps:
+      say(f'[train] {ckpt.directory}/{start} already reached num_steps={setup.num_steps}; '
+          'evaluating it')
+      results, qf, gf = do_eval(state, start, 'final')
+      out['final'] = reid.scalar_results(results)
+      final_features = (qf, gf)
+  finally:
+    # Release the input stream now: a tf.data iterator still prefetching (a run stopped early)
+    # that is only collected at interpreter exit can deadlock the shutdown.
+    if batches is not None and hasattr(batches, 'close'):
+      batches.close()  # data_pipeline.pipeline.BatchIterator.close
+    del batches
+    gc.collect()
+    ckpt.close()
+    if reporter is not None:
+      reporter.close()
+
+  out['best_step'] = ckpt.best_step()
+  if out['final'] is not None:
+    _summarise(config, ckpt, out)
+    if final_features is not None:
+      png = ranked_list.write(setup, data, *final_features, workdir, out['step'])
+      if png:
+        say(f'[eval] ranked list written to {png}')
+  say(f'[train] done in {reporting.fmt_duration(time.time() - t_wall)}; workdir {workdir}')
+  return out
+
+
+def _summarise(config, ckpt, out: dict) -> None:
+  best = out['best_step']
+  if best is not None and best != out['step']:
+    m = ckpt.metrics(best) or {}
+    say(f'[eval] best checkpoint: step {best} with {config.eval.best_metric} '
+        f'{100 * m.get(config.eval.best_metric, float("nan")):.2f}% (selected on the test '
+        'set, as the published recipes do: report the final result)')
+  if out['initial'] is not None:
+    i, f = out['initial'], out['final']
+    say(f'[eval] untrained -> trained: mAP {100 * i["mAP"]:.2f}% -> {100 * f["mAP"]:.2f}%, '
+        f'rank-1 {100 * i["rank1"]:.2f}% -> {100 * f["rank1"]:.2f}%')
