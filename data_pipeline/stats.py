@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipeline.index import TrackletIndex
+from grl_jax.errors import GrlJaxError
+from grl_jax.schema import DATASETS, PROTOCOLS
 
 
 def split_stats(index: TrackletIndex) -> dict[str, Any]:
@@ -52,10 +54,9 @@ def dataset_stats(ds) -> dict[str, Any]:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-  from data_pipeline.datasets import NAMES, PROTOCOLS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='python -m data_pipeline.stats', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--dataset', required=True, choices=NAMES)
+  parser.add_argument('--dataset', required=True, choices=DATASETS)
   parser.add_argument('--root', required=True, help='dataset root (local or gs://)')
   parser.add_argument('--protocol', default='torchreid', choices=PROTOCOLS)
   parser.add_argument('--split_id', type=int, default=0, help='iLIDS-VID / PRID-2011 split')
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     ds = datasets.load(args.dataset, args.root, protocol=args.protocol, split_id=args.split_id,
                        verify=args.verify)
-  except datasets.DatasetError as e:
+  except GrlJaxError as e:  # a user error (the readers raise DatasetError)
     print(f'error: {e}', file=sys.stderr)
     return 2
   out = dataset_stats(ds)

@@ -2,6 +2,7 @@
 
 Readers never decode images, so the hand-built trees hold empty files.
 """
+import importlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import scipy.io
 
 from data_pipeline import datasets, synthetic
 from data_pipeline.datasets import DatasetError, common, prid
+from grl_jax import errors, schema
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -433,3 +435,84 @@ def test_custom_malformed(tmp_path, rows, header, match):
     _csv(str(tmp_path), rows, header)
   with pytest.raises(DatasetError, match=f'dataset.csv.*{match}'):
     datasets.load('custom', str(tmp_path))
+
+
+def test_custom_empty_train(tmp_path):
+  """Only query/gallery rows: an evaluation-only dataset, in every protocol and with verify."""
+  for f in ('q/1.jpg', 'q/2.jpg', 'g/1.jpg', 'g/2.jpg'):
+    touch(os.path.join(tmp_path, f))
+  _csv(str(tmp_path), ['q/2.jpg,4,0,q,query', 'q/1.jpg,4,0,q,query', 'g/1.jpg,4,1,g1,gallery',
+                       'g/2.jpg,-1,2,g2,gallery'], header='path,pid,camid,tracklet,split')
+  for protocol in schema.PROTOCOLS:
+    ds = datasets.load('custom', str(tmp_path), protocol=protocol, verify=True)
+    assert len(ds.train) == 0 and ds.train.num_frames == 0 and not datasets.has_train(ds)
+    assert len(ds.meta['train_pids']) == 0
+    np.testing.assert_array_equal(ds.query.pids, [4])
+    assert [os.path.basename(p) for p in ds.query.frames(0)] == ['2.jpg', '1.jpg']
+  np.testing.assert_array_equal(datasets.load('custom', str(tmp_path)).gallery.pids, [4, -1])
+  assert datasets.has_train(datasets.load('custom', str(tmp_path / 'dataset.csv'))) is False
+
+
+@pytest.mark.parametrize('empty_info', [np.zeros((0, 4), np.int32), np.zeros((0, 0))])
+def test_mars_empty_train(tmp_path, empty_info):
+  root = str(tmp_path)
+  _, _, test_names, test_info, query = _good_mars()
+  _write_mars(root, [], [], test_names, test_info, query)
+  scipy.io.savemat(os.path.join(root, 'info', 'tracks_train_info.mat'),
+                   {'track_train_info': empty_info})
+  ds = datasets.load('mars', root, protocol='cas')
+  assert not datasets.has_train(ds) and ds.train.pids.shape == (0,)
+  np.testing.assert_array_equal(ds.gallery.pids, [2, 0, 2])
+
+
+def test_duke_lsvid_prid_empty_train(tmp_path):
+  duke = str(tmp_path / 'duke')
+  _duke(duke)
+  train_dir = os.path.join(duke, 'DukeMTMC-VideoReID', 'train')
+  shutil.rmtree(train_dir)
+  os.makedirs(train_dir)
+  ds = datasets.load('duke', duke)
+  assert not datasets.has_train(ds) and len(ds.query) == 1 and len(ds.gallery) == 3
+  shutil.rmtree(os.path.join(duke, 'DukeMTMC-VideoReID', 'query'))
+  os.makedirs(os.path.join(duke, 'DukeMTMC-VideoReID', 'query'))
+  with pytest.raises(DatasetError, match='no frames found under .*query'):
+    datasets.load('duke', duke)  # query and gallery stay required
+
+  lsvid = str(tmp_path / 'lsvid')
+  _lsvid(lsvid, [2])
+  open(os.path.join(lsvid, 'list_sequence', 'list_seq_train.txt'), 'w').close()
+  shutil.rmtree(os.path.join(lsvid, 'tracklet_train'))
+  ds = datasets.load('lsvid', lsvid)
+  assert not datasets.has_train(ds) and len(ds.query) == 1 and len(ds.gallery) == 2
+  open(os.path.join(lsvid, 'list_sequence', 'list_seq_test.txt'), 'w').close()
+  with pytest.raises(DatasetError, match='list_seq_test.txt.*lists no tracklets'):
+    datasets.load('lsvid', lsvid)
+
+  root = str(tmp_path / 'prid')
+  _prid(root)
+  with open(os.path.join(root, 'splits_prid2011.json'), 'w') as f:
+    json.dump([{'train': [], 'test': [1, 2, 3]}], f)
+  ds = datasets.load('prid', root)
+  assert not datasets.has_train(ds)
+  np.testing.assert_array_equal(ds.query.pids, [1, 2, 3])
+  with open(os.path.join(root, 'splits_prid2011.json'), 'w') as f:
+    json.dump([{'train': [1, 2], 'test': []}], f)
+  with pytest.raises(DatasetError, match="'test' must be a non-empty list"):
+    datasets.load('prid', root)
+
+
+def test_root_help_for_every_dataset():
+  for name in schema.DATASETS:
+    text = datasets.root_help(name)
+    assert text == importlib.import_module(f'data_pipeline.datasets.{name}').ROOT_HELP
+    assert text and '\n' not in text
+    assert ('dataset.csv' if name == 'custom' else '<root>/') in text
+  assert 'info/{train_name.txt' in datasets.root_help('mars')
+  with pytest.raises(DatasetError, match="unknown dataset 'market'"):
+    datasets.root_help('market')
+
+
+def test_enums_and_errors_come_from_grl_jax():
+  assert datasets.NAMES is schema.DATASETS and datasets.PROTOCOLS is schema.PROTOCOLS
+  assert datasets.DatasetError is errors.DatasetError is common.DatasetError
+  assert issubclass(DatasetError, errors.GrlJaxError) and issubclass(DatasetError, ValueError)

@@ -55,3 +55,15 @@ def test_cli_error_is_clean(tmp_path):
   assert proc.stdout == ''
   proc = run_stats('--dataset=market', f'--root={tmp_path}')
   assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+
+
+def test_main_on_an_evaluation_only_csv(tmp_path, capsys):
+  with open(tmp_path / 'dataset.csv', 'w') as f:
+    f.write('path,pid,camid,tracklet,split\nq.jpg,3,0,q,query\ng.jpg,3,1,g,gallery\n')
+  assert stats.main(['--dataset=custom', f'--root={tmp_path}']) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out['train'] == {'ids': 0, 'tracklets': 0, 'frames': 0, 'min_len': 0,
+                          'median_len': 0.0, 'max_len': 0}
+  assert out['query']['tracklets'] == 1 and out['gallery']['ids'] == 1
+  assert stats.main(['--dataset=custom', f'--root={tmp_path / "none.csv"}']) == 2
+  assert 'none.csv' in capsys.readouterr().err

@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import scipy.io
 from PIL import Image
 
 from data_pipeline import synthetic
+from grl_jax.errors import ConfigError, WorkdirError
 
 TINY = dict(num_train_ids=3, num_test_ids=10, height=64, width=32, median_len=6, max_len=14,
             min_tracklets=3, max_tracklets=5)
@@ -148,5 +151,50 @@ def test_refuses_foreign_tree(tmp_path):
   (root / 'bbox_train' / 'keep.jpg').write_bytes(b'x')
   with pytest.raises(FileExistsError, match='refusing'):
     synthetic.ensure(str(root), **TINY)
+  with pytest.raises(WorkdirError, match='refusing'):
+    synthetic.generate(str(root), **TINY)
   assert (root / 'bbox_train' / 'keep.jpg').exists()
   assert synthetic.main(['--root', str(root), '--ids', '1', '--test-ids', '2']) == 2
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_train_ids=-1), r'synthetic\.num_train_ids=-1: expected an integer 1\.\.4000'),
+    (dict(num_test_ids=0), r'num_test_ids=0'),
+    (dict(num_cameras=12), r'num_cameras=12: expected an integer 2\.\.9'),
+    (dict(height=8), r'height=8'),
+    (dict(min_tracklets=6, max_tracklets=5), r'min_tracklets=6: expected <= max_tracklets=5'),
+    (dict(median_len=200, max_len=150), r'median_len=200.*min_len <= median_len <= max_len'),
+    (dict(occlusion_prob=1.5), r'occlusion_prob=1\.5: expected a probability'),
+    (dict(num_train_ids=2.5), r'num_train_ids=2\.5: expected an integer'),
+    (dict(colour=3), r'synthetic\.colour: unknown parameter'),
+])
+def test_bad_parameters_are_config_errors(tmp_path, kwargs, match):
+  for fn in (synthetic.generate, synthetic.ensure):
+    with pytest.raises(ConfigError, match=match) as info:
+      fn(str(tmp_path / 'r'), **dict(TINY, **kwargs))
+    assert '\n' not in str(info.value)
+  assert not (tmp_path / 'r').exists()  # validated before anything is written
+
+
+def test_unwritable_root_is_a_workdir_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_bytes(b'x')
+  with pytest.raises(WorkdirError, match='not a directory'):
+    synthetic.generate(str(blocker), **TINY)
+  with pytest.raises(WorkdirError, match=r'cannot write.*Not a directory'):
+    synthetic.ensure(str(blocker / 'sub'), **TINY)
+  with pytest.raises(ConfigError, match='root is empty'):
+    synthetic.generate('', **TINY)
+
+
+@pytest.mark.parametrize('args, match', [
+    (['--ids=-1'], 'synthetic.num_train_ids=-1'),
+    (['--ids=1', '--test-ids=2', '--cameras=1'], 'synthetic.num_cameras=1'),
+])
+def test_cli_error_is_one_line(tmp_path, args, match):
+  proc = subprocess.run([sys.executable, '-m', 'data_pipeline.synthetic',
+                         f'--root={tmp_path / "r"}', *args], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ''
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('synthetic: error: ') and match in lines[0]

@@ -13,19 +13,45 @@ Readers (one module each; see its docstring for the layout and the protocols):
   custom  bring-your-own CSV (path,pid,camid,tracklet,split[,frame]); see custom.py
 
 Readers read index files and directory listings only, never images, through `tf.io.gfile`, so
-roots may be local directories or gs:// URLs. Every bad input raises `DatasetError` (a
-ValueError) naming the file and what was expected.
+roots may be local directories or gs:// URLs. Every bad input raises `DatasetError`
+(grl_jax.errors, a ValueError) naming the file and what was expected. Each reader module also
+holds `ROOT_HELP`, what its root must contain and where it comes from (`root_help(name)`).
+A train split may be empty (evaluation only) where the format can say so: custom, MARS, Duke,
+LS-VID and PRID split files; `has_train(ds)` tells.
 """
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
-from data_pipeline.datasets.common import PROTOCOLS, DatasetError
 from data_pipeline.index import Dataset
+from grl_jax.errors import DatasetError
+from grl_jax.schema import DATASETS, PROTOCOLS
 
-NAMES = ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom')
+# The reader names, one module each; the same tuple as grl_jax.schema.DATASETS.
+NAMES = DATASETS
 
-__all__ = ['NAMES', 'PROTOCOLS', 'DatasetError', 'load']
+__all__ = ['NAMES', 'PROTOCOLS', 'DatasetError', 'has_train', 'load', 'root_help']
+
+
+def _reader(name: str) -> ModuleType:
+  if name not in NAMES:
+    raise DatasetError(f'unknown dataset {name!r}; expected one of {NAMES}')
+  return importlib.import_module(f'data_pipeline.datasets.{name}')
+
+
+def root_help(name: str) -> str:
+  """What the root of dataset `name` must contain and where it comes from (one line).
+
+  Raises:
+    DatasetError: unknown name.
+  """
+  return _reader(name).ROOT_HELP
+
+
+def has_train(dataset: Dataset) -> bool:
+  """Whether `dataset` has training tracklets (False: an evaluation-only dataset)."""
+  return len(dataset.train) > 0
 
 
 def load(name: str, root: str, protocol: str = 'torchreid', split_id: int = 0,
@@ -46,7 +72,4 @@ def load(name: str, root: str, protocol: str = 'torchreid', split_id: int = 0,
   Raises:
     DatasetError: unknown name or protocol, missing/malformed files, inconsistent annotations.
   """
-  if name not in NAMES:
-    raise DatasetError(f'unknown dataset {name!r}; expected one of {NAMES}')
-  module = importlib.import_module(f'data_pipeline.datasets.{name}')
-  return module.load(root, protocol=protocol, split_id=split_id, verify=verify)
+  return _reader(name).load(root, protocol=protocol, split_id=split_id, verify=verify)

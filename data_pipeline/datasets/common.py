@@ -1,10 +1,12 @@
-"""Shared pieces of the dataset readers: errors, file access through tf.io.gfile, .mat reading,
+"""Shared pieces of the dataset readers: file access through tf.io.gfile, .mat reading,
 relabelling, protocol assembly and the optional frame-existence check.
 
 Every reader only reads index files and directory listings; no image is ever decoded. All file
 access goes through `tf.io.gfile`, so the same code reads a local directory or a `gs://` bucket
 (on a TPU VM the dataset usually lives in GCS). TensorFlow is imported lazily, on the first file
-access, so that importing `data_pipeline.datasets` stays cheap.
+access, so that importing `data_pipeline.datasets` stays cheap. Every bad input raises
+`grl_jax.errors.DatasetError` (a ValueError) naming the file and what was expected; the
+protocol names come from `grl_jax.schema.PROTOCOLS`.
 """
 from __future__ import annotations
 
@@ -16,14 +18,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from data_pipeline.index import Dataset, TrackletIndex
+from grl_jax.errors import DatasetError
+from grl_jax.schema import PROTOCOLS
 
-PROTOCOLS = ('official', 'torchreid', 'cas')
 # How many missing frames a `verify=True` error lists before it only counts.
 MAX_MISSING_LISTED = 20
-
-
-class DatasetError(ValueError):
-  """Bad dataset input: missing root/file/directory, wrong layout, malformed index file."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,16 +36,18 @@ from __future__ import annotations
 import csv
 import io
 
-
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset
+from grl_jax.errors import DatasetError
+from grl_jax.schema import SPLITS
 
 NAME = 'custom'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = ('custom: a CSV file (or a directory holding dataset.csv) with columns '
+             'path,pid,camid,tracklet,split[,frame]; see data_pipeline/datasets/custom.py')
 DEFAULT_FILE = 'dataset.csv'
 REQUIRED = ('path', 'pid', 'camid', 'tracklet', 'split')
 OPTIONAL = ('frame',)
-SPLITS = ('train', 'query', 'gallery')
 
 
 def _int(value: str, column: str, where: str, minimum: int | None = None) -> int:

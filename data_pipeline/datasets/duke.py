@@ -10,12 +10,13 @@
 Frame names: `0001_C2_F0001_X00001.jpg` (camera `C<n>`, frame number `F<n>`) or the old format
 without underscores, `0001C6F0099X30823.jpg`. Frames are ordered by their F number; the camera
 must be the same for all frames of a tracklet and the name's pid must match the pid directory.
-One glob per split lists the frames (one prefix listing on GCS).
+One glob per split lists the frames (one prefix listing on GCS). An empty `train/` gives an
+evaluation-only dataset (no training tracklets); query and gallery must hold frames.
 
 Protocols: 'torchreid' and 'official' both use the gallery directory as given (Duke has no
 separate official rule; its gallery already holds a copy of every query, removed by the
 same-id-same-camera rule at evaluation); 'cas' puts the queries in front of it, as GRL and the
-CAS-group evaluators do (grl.md §8.8).
+CAS-group evaluators do.
 """
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ import re
 import numpy as np
 
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset
+from grl_jax.errors import DatasetError
+from grl_jax.schema import SPLITS
 
 NAME = 'duke'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = (
+    'DukeMTMC-VideoReID: <root>/{train,query,gallery}/<pid4>/<tracklet4>/*.jpg (unzip '
+    'DukeMTMC-VideoReID.zip, github.com/Yu-Wu/DukeMTMC-VideoReID)')
 LAYOUT = 'DukeMTMC-VideoReID/{train,query,gallery}/<pid4>/<tracklet4>/*.jpg'
-SPLITS = ('train', 'query', 'gallery')
 # pid, camera, frame number; underscores optional to accept both name formats.
 _FRAME_RE = re.compile(r'^(-?\d+)_?C(\d+)_?F(\d+)')
 
@@ -85,7 +90,7 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
     split_dir = common.join(root, split)
     common.require_dir(split_dir, NAME, LAYOUT)
     read[split] = _read_split(split_dir)
-    if not read[split][0]:
+    if not read[split][0] and split != 'train':  # an empty train/ = evaluation only
       raise DatasetError(f'{NAME}: no frames found under {split_dir!r}; expected {LAYOUT}')
   return common.dataset_from_lists(NAME, read['train'], read['query'], read['gallery'],
                                   protocol, {'root': root}, verify=verify)

@@ -9,7 +9,7 @@
 `ls_set[split_id]` holds 1-based indices into the sorted list of person directories. Following
 the common Wang et al. ECCV'14 convention (torchreid, and most published numbers), the FIRST half
 of a row is the TEST set and the second half the training set. (GRL's own loader takes the first
-half as training; grl.md §9.3.)
+half as training.)
 
 Train = both cameras of the training people (pids relabelled). Query = cam1 tracklets and
 gallery = cam2 tracklets of the test people (original person numbers as pids). All protocols give
@@ -19,12 +19,16 @@ directories.
 """
 from __future__ import annotations
 
-
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset
+from grl_jax.errors import DatasetError
 
 NAME = 'ilids'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = (
+    'iLIDS-VID: <root>/i-LIDS-VID/sequences/cam{1,2}/personNNN/*.png and <root>/'
+    'train-test people splits/train_test_splits_ilidsvid.mat (untar iLIDS-VID.tar; the '
+    'splits file comes with it or with the official site)')
 LAYOUT = ('i-LIDS-VID/sequences/cam{1,2}/personNNN/*.png and '
           "'train-test people splits/train_test_splits_ilidsvid.mat'")
 SPLIT_FILE = 'train-test people splits/train_test_splits_ilidsvid.mat'

@@ -15,7 +15,8 @@ for all frames of a tracklet.
 
 Protocols (queries the same in all): 'official' = the whole test list in file order (the gallery
 contains the queries); 'torchreid' = test rows that are not queries; 'cas' = queries in front of
-the torchreid gallery (BiCnet-TKS: "gallery set must contain query set"). No junk ids.
+the torchreid gallery (BiCnet-TKS: "gallery set must contain query set"). No junk ids. An empty
+train list gives an evaluation-only dataset; the test list must name tracklets.
 """
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ import posixpath
 import numpy as np
 
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset, TrackletIndex
+from grl_jax.errors import DatasetError
 
 NAME = 'lsvid'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = (
+    'LS-VID: <root>/list_sequence/, <root>/tracklet_train/, <root>/tracklet_val/, '
+    '<root>/tracklet_test/ and <root>/test/data/info_test.mat (from the LS-VID release)')
 LAYOUT = ('LS-VID/{list_sequence/list_seq_train.txt, list_sequence/list_seq_test.txt, '
           'test/data/info_test.mat, tracklet_*/...}')
 TRAIN_LIST = 'list_sequence/list_seq_train.txt'
@@ -51,8 +56,9 @@ class _Lister:
     return names[lo:hi]
 
 
-def _read_list(root: str, list_path: str, lister: _Lister
+def _read_list(root: str, list_path: str, lister: _Lister, allow_empty: bool = False
                ) -> tuple[list[list[str]], list[int], list[int]]:
+  """(frames per tracklet, pid, 0-based camid) of one list file, in file order."""
   tracklets, pids, camids = [], [], []
   for line_no, line in enumerate(common.read_lines(list_path), 1):
     parts = line.rsplit(None, 1)
@@ -82,7 +88,7 @@ def _read_list(root: str, list_path: str, lister: _Lister
     tracklets.append([common.join(directory, n) for n in names])
     pids.append(pid)
     camids.append(cam - 1)
-  if not tracklets:
+  if not tracklets and not allow_empty:
     raise DatasetError(f'{list_path!r} lists no tracklets')
   return tracklets, pids, camids
 
@@ -101,7 +107,8 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
   for rel, path in zip((TRAIN_LIST, TEST_LIST, QUERY_FILE), paths.values()):
     common.require_file(path, NAME, f'{rel} ({LAYOUT})')
   lister = _Lister()
-  train_lists, train_pids, train_cams = _read_list(root, paths['train'], lister)
+  train_lists, train_pids, train_cams = _read_list(root, paths['train'], lister,
+                                                   allow_empty=True)
   test_lists, test_pids, test_cams = _read_list(root, paths['test'], lister)
   query_rows = common.as_index_vector(common.load_mat_array(paths['query'], 'query'),
                                       paths['query'], 'query', len(test_lists))

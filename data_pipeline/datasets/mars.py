@@ -23,17 +23,25 @@ Protocols (the query set is the same 1,980 tracklets in all of them):
 - 'cas': the queries in front of the torchreid gallery (11,310; AP3D/TCLNet/BiCnet-TKS).
 
 Train pids are relabelled 0..624 (originals in `meta['train_pids']`), camids are 0-based, test
-pids are kept (-1 junk, 0 distractor).
+pids are kept (-1 junk, 0 distractor). An empty train split (empty train_name.txt, empty
+track_train_info) gives an evaluation-only dataset.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset, TrackletIndex
+from grl_jax.errors import DatasetError
 
 NAME = 'mars'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = (
+    'MARS: <root>/bbox_train/, <root>/bbox_test/ (the frame crops, from the MARS release: '
+    'bbox_train.zip, bbox_test.zip, http://zheng-lab.cecs.anu.edu.au/Project/'
+    'project_mars.html) and <root>/info/{train_name.txt,test_name.txt,tracks_train_info.mat,'
+    'tracks_test_info.mat,query_IDX.mat} (from github.com/liangzheng06/MARS-evaluation, '
+    'folder info/)')
 LAYOUT = 'MARS/{bbox_train,bbox_test,info} as released (info/ from liangzheng06/MARS-evaluation)'
 INFO_FILES = {
     'train_names': 'train_name.txt',
@@ -53,6 +61,8 @@ def _pid_codes(pids: np.ndarray) -> np.ndarray:
 
 def _read_track_info(path: str, key: str) -> np.ndarray:
   info = common.load_mat_array(path, key)
+  if info.size == 0:  # MATLAB saves an empty matrix as 0×0, whatever its intended width
+    return np.zeros((0, 4), np.int64)
   if info.ndim != 2 or info.shape[1] != 4:
     raise DatasetError(f'{path!r}: {key!r} has shape {info.shape}; expected N×4 '
                        '(start, end, pid, camid)')

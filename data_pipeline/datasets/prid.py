@@ -30,10 +30,14 @@ import os
 import numpy as np
 
 from data_pipeline.datasets import common
-from data_pipeline.datasets.common import DatasetError
 from data_pipeline.index import Dataset
+from grl_jax.errors import DatasetError
 
 NAME = 'prid'
+# What the root must contain and where it comes from (start-up validation prints it).
+ROOT_HELP = (
+    'PRID-2011: <root>/prid_2011/multi_shot/cam_{a,b}/person_NNNN/*.png (untar '
+    'prid_2011.zip from the TU Graz PRID 2011 page)')
 LAYOUT = 'prid_2011/multi_shot/cam_{a,b}/person_NNNN/*.png'
 SPLITS_FILE = 'splits_prid2011.json'
 NUM_SHARED = 200  # persons 1..200 appear in both cameras
@@ -96,9 +100,10 @@ def _check_splits(splits, path: str, split_id: int, available: set[int]) -> dict
   split = splits[split_id]
   for part in ('train', 'test'):
     ids = split[part]
-    if not ids or not all(isinstance(i, int) for i in ids):
-      raise DatasetError(f'{path!r}: split {split_id} {part!r} must be a non-empty list of '
-                         'person numbers')
+    # An empty train list is an evaluation-only split; the test list must name people.
+    if (not ids and part == 'test') or not all(isinstance(i, int) for i in ids):
+      raise DatasetError(f'{path!r}: split {split_id} {part!r} must be a '
+                         f'{"non-empty " if part == "test" else ""}list of person numbers')
     missing = sorted(set(ids) - available)
     if missing:
       raise DatasetError(f'{path!r}: split {split_id} {part!r} names persons {missing[:5]} that '
