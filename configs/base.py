@@ -46,31 +46,6 @@ ConfigDict = ml_collections.ConfigDict
 # Model name -> configs/models/<family>.py holding its recipe.
 MODEL_FAMILIES = {'grl': 'grl', 'nvan': 'nvan', 'ste_nvan': 'nvan', 'iaunet': 'iaunet'}
 
-# What each dataset's root must contain and where to get it; quoted by `validate` when the root
-# is missing (the readers in data_pipeline/datasets check the details).
-DATASET_HELP = {
-    'mars': (
-        'MARS: <root>/bbox_train/, <root>/bbox_test/ (the frame crops, from the MARS release: '
-        'bbox_train.zip, bbox_test.zip, http://zheng-lab.cecs.anu.edu.au/Project/'
-        'project_mars.html) and <root>/info/{train_name.txt,test_name.txt,tracks_train_info.mat,'
-        'tracks_test_info.mat,query_IDX.mat} (from github.com/liangzheng06/MARS-evaluation, '
-        'folder info/)'),
-    'duke': (
-        'DukeMTMC-VideoReID: <root>/{train,query,gallery}/<pid4>/<tracklet4>/*.jpg (unzip '
-        'DukeMTMC-VideoReID.zip, github.com/Yu-Wu/DukeMTMC-VideoReID)'),
-    'ilids': (
-        'iLIDS-VID: <root>/i-LIDS-VID/sequences/cam{1,2}/personNNN/*.png and <root>/'
-        'train-test people splits/train_test_splits_ilidsvid.mat (untar iLIDS-VID.tar; the '
-        'splits file comes with it or with the official site)'),
-    'prid': (
-        'PRID-2011: <root>/prid_2011/multi_shot/cam_{a,b}/person_NNNN/*.png (untar '
-        'prid_2011.zip from the TU Graz PRID 2011 page)'),
-    'lsvid': (
-        'LS-VID: <root>/list_sequence/, <root>/tracklet_train/, <root>/tracklet_val/, '
-        '<root>/tracklet_test/ and <root>/test/data/info_test.mat (from the LS-VID release)'),
-    'custom': ('custom: a CSV file (or a directory holding dataset.csv) with columns '
-               'path,pid,camid,tracklet,split[,frame]; see data_pipeline/datasets/custom.py'),
-}
 # Directory name under $GRL_JAX_DATA (default ./data) that the dataset configs use as root.
 DEFAULT_DIRS = {'mars': 'MARS', 'duke': 'DukeMTMC-VideoReID', 'ilids': 'iLIDS-VID',
                 'prid': 'PRID-2011', 'lsvid': 'LS-VID', 'custom': 'custom'}

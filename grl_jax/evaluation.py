@@ -52,8 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PROTOCOLS = ('official', 'torchreid', 'cas')
-METRICS = ('euclidean', 'cosine', 'dot')
+from grl_jax import schema
 
 # Elements of one [chunk, Ng] working block; 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 2**23
@@ -117,8 +116,7 @@ def _to_device(x) -> jax.Array:
 
 
 def _check_features(qf, gf, metric: str):
-  if metric not in METRICS:
-    raise ValueError(f'evaluation: metric={metric!r}, expected one of {METRICS}')
+  schema.check_choice(metric, schema.DISTANCES, 'evaluation: metric')
   if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
     raise ValueError(f'evaluation: features must be [Nq, D] and [Ng, D] with the same D, got '
                      f'query {tuple(qf.shape)} and gallery {tuple(gf.shape)}')
@@ -250,8 +248,7 @@ class _Accumulator:
 
   def __init__(self, g_pids, g_camids, protocol: str, max_rank: int,
                official_scan_limit: int | None):
-    if protocol not in PROTOCOLS:
-      raise ValueError(f'evaluation: protocol={protocol!r}, expected one of {PROTOCOLS}')
+    schema.check_choice(protocol, schema.PROTOCOLS, 'evaluation: protocol')
     self.g_pids = np.asarray(g_pids).astype(np.int64).ravel()
     self.g_camids = np.asarray(g_camids).astype(np.int64).ravel()
     if len(self.g_pids) != len(self.g_camids):

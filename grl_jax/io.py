@@ -98,3 +98,29 @@ def save_png(p: str, image) -> str:
   buffer = _io.BytesIO()
   image.save(buffer, format='PNG')
   return write_bytes(p, buffer.getvalue())
+
+
+class _RewriteFile:
+  """Append emulation for object stores (objects cannot be appended to): keeps the text and
+  rewrites the whole object on every flush."""
+
+  def __init__(self, p: str):
+    self.path = p
+    self.text = read_text(p) if exists(p) else ''
+
+  def write(self, text: str):
+    self.text += text
+
+  def flush(self):
+    write_text(self.path, self.text)
+
+  def close(self):
+    self.flush()
+
+
+def open_append(p: str):
+  """A text file object appending to `p` (created if absent); `flush()` makes lines durable."""
+  if is_remote(p):
+    return _RewriteFile(p)
+  makedirs(os.path.dirname(normalize(p)))
+  return open(normalize(p), 'a')

@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grl_jax import schema
+from grl_jax.errors import ConfigError
+
 PyTree = Any
 
 
@@ -62,7 +65,7 @@ def group_labels(params: PyTree, lr_mult: Sequence[tuple[str, float]],
     (labels tree of str, {label: multiplier}); label 'frozen' for frozen params, 'x<m>' else.
 
   Raises:
-    ValueError: a regex of `lr_mult` or `frozen` matches no parameter (a typo would otherwise
+    ConfigError: a regex of `lr_mult` or `frozen` matches no parameter (a typo would otherwise
       silently train with the wrong learning rate).
   """
   paths = param_paths(params)
@@ -70,7 +73,7 @@ def group_labels(params: PyTree, lr_mult: Sequence[tuple[str, float]],
   for pattern in list(frozen) + [p for p, _ in lr_mult]:
     re.compile(pattern)
     if not any(re.search(pattern, p) for p in flat):
-      raise ValueError(f'optimizer regex {pattern!r} (config.optim.lr_mult / frozen) matches '
+      raise ConfigError(f'optimizer regex {pattern!r} (config.optim.lr_mult / frozen) matches '
                        f'no parameter; parameter paths look like {flat[:3]}')
   mults: dict[str, float] = {}
 
@@ -96,7 +99,7 @@ def lr_schedule(optim_cfg, steps_per_epoch: int) -> Callable[[jax.Array], jax.Ar
   factor = float(optim_cfg.decay_factor)
   boundaries = np.asarray([int(round(e * steps_per_epoch)) for e in optim_cfg.decay_epochs],
                           np.int64)
-  warmup = float(optim_cfg.get('warmup_epochs', 0.0)) * steps_per_epoch
+  warmup = float(optim_cfg.warmup_epochs) * steps_per_epoch
 
   def schedule(step):
     step = jnp.asarray(step)
@@ -127,11 +130,12 @@ def make_optimizer(optim_cfg, params: PyTree, steps_per_epoch: int
   no_decay = tuple(optim_cfg.no_decay)
   for pattern in no_decay:
     if not any(re.search(pattern, p) for p in jax.tree.leaves(paths)):
-      raise ValueError(f'config.optim.no_decay regex {pattern!r} matches no parameter')
+      raise ConfigError(f'config.optim.no_decay regex {pattern!r} matches no parameter')
   decay_mask = jax.tree.map(lambda p: not _matches(no_decay, p), paths)
 
+  schema.check_choice(optim_cfg.name, schema.OPTIMIZERS, 'config.optim.name')
   parts = []
-  if float(optim_cfg.get('grad_clip_norm', 0.0)) > 0:
+  if float(optim_cfg.grad_clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip_norm)))
   if float(optim_cfg.weight_decay) > 0:
     parts.append(optax.add_decayed_weights(float(optim_cfg.weight_decay), mask=decay_mask))
@@ -142,8 +146,6 @@ def make_optimizer(optim_cfg, params: PyTree, steps_per_epoch: int
   elif optim_cfg.name == 'adam':
     parts.append(optax.scale_by_adam(b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
                                      eps=float(optim_cfg.eps)))
-  else:
-    raise ValueError(f"config.optim.name={optim_cfg.name!r}: expected 'sgd' or 'adam'")
   transforms = {name: optax.scale_by_schedule(_scaled(schedule, m)) for name, m in mults.items()}
   if 'frozen' in jax.tree.leaves(labels):
     transforms['frozen'] = optax.set_to_zero()

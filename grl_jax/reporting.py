@@ -22,6 +22,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from grl_jax import io
+
 
 def fmt_duration(seconds: float) -> str:
   if not math.isfinite(seconds) or seconds < 0:
@@ -96,13 +98,13 @@ class Reporter:
     self._tb = None
     self._jsonl = None
     if is_main:
-      os.makedirs(workdir, exist_ok=True) if '://' not in workdir else None
-      self._jsonl = _open_append(os.path.join(workdir, 'metrics.jsonl'))
+      io.makedirs(workdir)
+      self._jsonl = io.open_append(io.join(workdir, 'metrics.jsonl'))
       if tensorboard:
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         self._tf = tf
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+        self._tb = tf.summary.create_file_writer(io.join(workdir, 'tensorboard'))
 
   # -- output channels
   def print(self, msg: str):
@@ -158,37 +160,6 @@ class Reporter:
       self._tb = None
 
 
-class _RewriteFile:
-  """Append emulation for object stores (gs:// objects cannot be appended to): keeps the lines
-  and rewrites the object on flush."""
-
-  def __init__(self, path: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self._gfile = tf.io.gfile
-    self.path = path
-    self.lines = []
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path, 'r') as f:
-        self.lines = [f.read()]
-
-  def write(self, text: str):
-    self.lines.append(text)
-
-  def flush(self):
-    with self._gfile.GFile(self.path, 'w') as f:
-      f.write(''.join(self.lines))
-
-  def close(self):
-    self.flush()
-
-
-def _open_append(path: str):
-  if '://' in path:
-    return _RewriteFile(path)
-  return open(path, 'a')
-
-
 def read_jsonl(path: str) -> list[dict]:
   """The records of a metrics.jsonl (for tests and notebooks)."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in io.read_text(path).splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import pytest
 
 from grl_jax import checkpoint
 from grl_jax.state import TrainState
+from grl_jax.errors import CheckpointError
 
 
 def _state(step=0, scale=1.0):
@@ -112,9 +113,9 @@ def test_variables_only_checkpoints(tmp_path):
   assert meta['step'] == 9
   np.testing.assert_array_equal(got['params']['dense']['kernel'], 0.0)
   assert checkpoint.read_meta(str(tmp_path / 'w'), 4)['source'] == 'unit test'
-  with pytest.raises(FileNotFoundError, match='step 5 not in'):
+  with pytest.raises(CheckpointError, match='step 5 not in'):
     checkpoint.restore_variables(str(tmp_path / 'w'), step=5)
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(CheckpointError, match='no checkpoint directory'):
     checkpoint.restore_variables(str(tmp_path / 'nothing'))
   # A training checkpoint also restores as variables only.
   ck = checkpoint.Checkpointer(str(tmp_path / 't'))

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from data_pipeline.index import Dataset, TrackletIndex
+from grl_jax import io as storage
 from grl_jax.errors import DatasetError
 from grl_jax.schema import PROTOCOLS
 
@@ -36,16 +37,12 @@ def gfile():
   return tf.io.gfile
 
 
-def is_remote(path: str) -> bool:
-  return '://' in path
-
-
 def normalize_root(root: str) -> str:
   """Absolute local path (frame paths must be absolute) or the URL as given, no trailing '/'."""
   if not isinstance(root, (str, os.PathLike)) or not str(root):
     raise DatasetError(f'dataset root must be a non-empty path, got {root!r}')
   root = str(root)
-  if is_remote(root):
+  if storage.is_remote(root):
     return root.rstrip('/')
   return os.path.abspath(os.path.expanduser(root))
 

@@ -38,6 +38,7 @@ import io
 
 from data_pipeline.datasets import common
 from data_pipeline.index import Dataset
+from grl_jax import io as storage
 from grl_jax.errors import DatasetError
 from grl_jax.schema import SPLITS
 
@@ -61,7 +62,7 @@ def _int(value: str, column: str, where: str, minimum: int | None = None) -> int
 
 
 def _resolve(base: str, path: str) -> str:
-  if common.is_remote(path) or path.startswith('/'):
+  if storage.is_remote(path) or path.startswith('/'):
     return path
   return common.join(base, path)
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from data_pipeline.datasets import common
 from data_pipeline.index import Dataset
+from grl_jax import io as storage
 from grl_jax.errors import DatasetError
 
 NAME = 'prid'
@@ -82,7 +83,7 @@ def _load_or_create_splits(root: str, person_ids: list[int]) -> tuple[list[dict]
   text = json.dumps(splits)
   for path in candidates:
     try:
-      if not common.is_remote(path):
+      if not storage.is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
       common.write_text(path, text)
       return splits, path

@@ -20,6 +20,7 @@ import numpy as np
 from data_pipeline.synthetic.appearance import camera_model
 from data_pipeline.synthetic.planning import SyntheticConfig, Tracklet, plan
 from data_pipeline.synthetic.render import render_tracklet
+from grl_jax import io as storage
 from grl_jax.errors import ConfigError, GrlJaxError, WorkdirError
 
 COMPLETE_MARKER = os.path.join('info', '.synthetic_complete')
@@ -111,7 +112,7 @@ def _root_path(root: str) -> str:
   """The absolute local path of `root`; ConfigError for an empty root or a URL."""
   if root is None or not str(root):
     raise ConfigError('synthetic root is empty: expected a local directory path')
-  if '://' in str(root):
+  if storage.is_remote(str(root)):
     raise ConfigError(f'synthetic root {str(root)!r}: expected a local directory (the generator '
                       'does not write to URLs)')
   return os.path.abspath(os.path.expanduser(str(root)))
