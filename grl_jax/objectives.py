@@ -4,20 +4,64 @@
 * `BNNeckObjective`: ID cross-entropy on the BNNeck logits + batch-hard triplet on a feature
   (NVAN / STE-NVAN, nvan_iaunet.md §A4; IAUnet, §B5).
 
-Loss options come from `config.loss` (a ConfigDict, a plain dict or None for all defaults); the
-field names and defaults are listed on each class.
+Loss options come from `config.loss` (a ConfigDict, a plain dict or None for all defaults). Each
+objective's fields and defaults are ONE dataclass (`GRLLoss`, `BNNeckLoss`): the objectives read
+`config.loss` strictly against it (an unknown field is a ConfigError naming
+`config.loss.<field>`), and `<Objective>.defaults()` is what the recipes start from.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
 
-from grl_jax import losses
-from grl_jax.models import cfg_get
+from grl_jax import losses, schema
+from grl_jax.errors import ConfigError
+from grl_jax.models import fields
 
 PyTree = Any
+Margin = Union[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRLLoss:
+  """`config.loss` of GRL; defaults = the official recipe (grl.md §6)."""
+  feature_dim: int = 2048           # D of the OIM tables (= 32 x config.model.resnet_width)
+  oim_scalar: float = 30.0
+  oim_momentum: float = 0.5
+  oim_frame_weight: float = 1.0
+  oim_video_weight: float = 1.0
+  verification_weight: float = 20.0
+  triplet_weight: float = 1.0
+  triplet_margin: Margin = 'soft'   # 'soft' (softplus) or a float hinge margin
+  triplet_metric: str = 'euclidean'
+  uncorr_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BNNeckLoss:
+  """`config.loss` of the BNNeck families; defaults = NVAN / STE-NVAN (nvan_iaunet.md §A4)."""
+  label_smoothing: float = 0.0
+  ce_weight: float = 1.0
+  triplet_weight: float = 1.0
+  triplet_margin: Margin = 'soft'
+  triplet_metric: str = 'euclidean'
+  triplet_feature: str = 'feature'  # the model output the triplet loss reads
+
+
+def _read(loss_cfg: Any, table: type, owner: str) -> dict:
+  """config.loss over the defaults of `table`, with the common checks (ConfigError)."""
+  values = fields.read(loss_cfg, fields.defaults_of(table), 'config.loss', owner)
+  try:
+    values['triplet_margin'] = losses.parse_margin(values['triplet_margin'])
+  except ValueError as e:
+    raise ConfigError(f"config.loss.triplet_margin={values['triplet_margin']!r}: expected "
+                      "'soft' or a number") from e
+  schema.check_choice(values['triplet_metric'], schema.TRIPLET_METRICS,
+                      'config.loss.triplet_metric')
+  return values
 
 
 def _require(outputs: dict, key: str, owner: str) -> jax.Array:
@@ -44,9 +88,7 @@ class GRLObjective:
   `video_uncorr` f[B, D] and `pair_order` int32[B] in pair order; `verification_logit`
   f[B/2, B/2]) and `batch['pid']` int32[B] with rows (2k, 2k+1) forming a pair.
 
-  `loss_cfg` fields (defaults = the official recipe): feature_dim=2048, oim_scalar=30.0,
-  oim_momentum=0.5, oim_frame_weight=1.0, oim_video_weight=1.0, verification_weight=20.0,
-  triplet_weight=1.0, triplet_margin='soft', triplet_metric='euclidean', uncorr_weight=1.0.
+  `loss_cfg` fields: the `GRLLoss` dataclass (defaults = the official recipe).
 
   State: {'lut_corr': f32[num_classes, D], 'lut_uncorr': f32[num_classes, D]}, zeros at start.
   The corr table is shared by the frame and the video terms.
@@ -61,21 +103,24 @@ class GRLObjective:
     if int(num_classes) <= 0:
       raise ValueError(f'GRLObjective: num_classes must be positive, got {num_classes}')
     self.num_classes = int(num_classes)
-    self.feature_dim = int(cfg_get(loss_cfg, 'feature_dim', 2048))
-    self.oim_scalar = float(cfg_get(loss_cfg, 'oim_scalar', 30.0))
-    self.oim_momentum = float(cfg_get(loss_cfg, 'oim_momentum', 0.5))
-    self.oim_frame_weight = float(cfg_get(loss_cfg, 'oim_frame_weight', 1.0))
-    self.oim_video_weight = float(cfg_get(loss_cfg, 'oim_video_weight', 1.0))
-    self.verification_weight = float(cfg_get(loss_cfg, 'verification_weight', 20.0))
-    self.triplet_weight = float(cfg_get(loss_cfg, 'triplet_weight', 1.0))
-    self.triplet_margin = losses.parse_margin(cfg_get(loss_cfg, 'triplet_margin', 'soft'))
-    self.triplet_metric = str(cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
-    self.uncorr_weight = float(cfg_get(loss_cfg, 'uncorr_weight', 1.0))
+    v = _read(loss_cfg, GRLLoss, 'the GRL objective')
+    self.feature_dim = int(v['feature_dim'])
+    self.oim_scalar = float(v['oim_scalar'])
+    self.oim_momentum = float(v['oim_momentum'])
+    self.oim_frame_weight = float(v['oim_frame_weight'])
+    self.oim_video_weight = float(v['oim_video_weight'])
+    self.verification_weight = float(v['verification_weight'])
+    self.triplet_weight = float(v['triplet_weight'])
+    self.triplet_margin = v['triplet_margin']
+    self.triplet_metric = str(v['triplet_metric'])
+    self.uncorr_weight = float(v['uncorr_weight'])
     if not 0.0 <= self.oim_momentum < 1.0:
-      raise ValueError(f'GRLObjective: loss.oim_momentum={self.oim_momentum}; expected [0, 1)')
-    if self.triplet_metric not in ('euclidean', 'cosine'):
-      raise ValueError(f"GRLObjective: loss.triplet_metric={self.triplet_metric!r}; expected "
-                       f"'euclidean' or 'cosine'")
+      raise ConfigError(f'config.loss.oim_momentum={self.oim_momentum}: expected in [0, 1)')
+
+  @staticmethod
+  def defaults() -> dict:
+    """Every config.loss field of GRL with its default (the `GRLLoss` dataclass)."""
+    return fields.defaults_of(GRLLoss)
 
   def init_state(self) -> PyTree:
     shape = (self.num_classes, self.feature_dim)
@@ -169,8 +214,7 @@ class BNNeckObjective:
   triplet_margin=0.3, triplet_metric='cosine' (on the post-BN feature: the model decides what
   it puts under `triplet_feature`). IAUnet's part-mask BCE is not part of this objective.
 
-  `loss_cfg` fields: label_smoothing=0.0, ce_weight=1.0, triplet_weight=1.0,
-  triplet_margin='soft', triplet_metric='euclidean', triplet_feature='feature' (the output key).
+  `loss_cfg` fields: the `BNNeckLoss` dataclass (`triplet_feature` is the output key).
 
   Inputs: outputs `logits` f[B, num_classes] and `<triplet_feature>` f[B, D]; `batch['pid']`.
   State: {}. Metrics: ce, triplet (unweighted), accuracy, total.
@@ -180,18 +224,21 @@ class BNNeckObjective:
     if int(num_classes) <= 0:
       raise ValueError(f'BNNeckObjective: num_classes must be positive, got {num_classes}')
     self.num_classes = int(num_classes)
-    self.label_smoothing = float(cfg_get(loss_cfg, 'label_smoothing', 0.0))
-    self.ce_weight = float(cfg_get(loss_cfg, 'ce_weight', 1.0))
-    self.triplet_weight = float(cfg_get(loss_cfg, 'triplet_weight', 1.0))
-    self.triplet_margin = losses.parse_margin(cfg_get(loss_cfg, 'triplet_margin', 'soft'))
-    self.triplet_metric = str(cfg_get(loss_cfg, 'triplet_metric', 'euclidean'))
-    self.triplet_feature = str(cfg_get(loss_cfg, 'triplet_feature', 'feature'))
+    v = _read(loss_cfg, BNNeckLoss, 'the BNNeck objective')
+    self.label_smoothing = float(v['label_smoothing'])
+    self.ce_weight = float(v['ce_weight'])
+    self.triplet_weight = float(v['triplet_weight'])
+    self.triplet_margin = v['triplet_margin']
+    self.triplet_metric = str(v['triplet_metric'])
+    self.triplet_feature = str(v['triplet_feature'])
     if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f'BNNeckObjective: loss.label_smoothing={self.label_smoothing}; '
-                       f'expected [0, 1)')
-    if self.triplet_metric not in ('euclidean', 'cosine'):
-      raise ValueError(f"BNNeckObjective: loss.triplet_metric={self.triplet_metric!r}; "
-                       f"expected 'euclidean' or 'cosine'")
+      raise ConfigError(f'config.loss.label_smoothing={self.label_smoothing}: expected in '
+                        '[0, 1)')
+
+  @staticmethod
+  def defaults() -> dict:
+    """Every config.loss field of the BNNeck families with its default (`BNNeckLoss`)."""
+    return fields.defaults_of(BNNeckLoss)
 
   def init_state(self) -> PyTree:
     return {}

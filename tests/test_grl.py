@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grl_jax.models import grl
+from grl_jax.models import grl, trl
 from tests.test_resnet import init_shapes, np_bn, randomize, relu, to_np
 
 RNG = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def np_trl(xh, xl, p, s, train, reverse, se=False, accumulate_first=False):
 
 
 def _trl_case(accumulation='plain', scan=True, reverse=False, dtype=jnp.float32):
-  module = grl.TRLDirection(features=16, reduction=4, accumulation=accumulation,
+  module = trl.TRLDirection(features=16, reduction=4, accumulation=accumulation,
                             reverse=reverse, scan=scan, dtype=dtype)
   xh = np.abs(RNG.normal(size=(2, 4, 3, 2, 16))).astype(np.float32)
   xl = np.abs(RNG.normal(size=(2, 4, 3, 2, 16))).astype(np.float32)
@@ -276,3 +276,63 @@ def test_registry_entry():
   assert isinstance(spec.build({'resnet_width': 8, 'stage_sizes': (1, 1, 1, 1)}, 5), grl.GRL)
   with pytest.raises(ValueError, match='dtype'):
     spec.build({'dtype': 'float64'}, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config fields, defaults and checks
+def _mars(model='grl'):
+  import configs.mars  # pylint: disable=g-import-not-at-top
+  return configs.mars.get_config(f'model={model}')
+
+
+def test_unknown_model_and_fields_are_config_errors():
+  from grl_jax import models
+  from grl_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"config.model.name='resnet'.*'grl'"):
+    models.get('resnet')
+  with pytest.raises(ConfigError, match=r'config.model.gce_hiden is not a field.*gce_hidden'):
+    grl.build({'gce_hiden': 8})
+  with pytest.raises(ConfigError, match=r"config.model.dtype='float16'"):
+    grl.build({'dtype': 'float16'})
+  with pytest.raises(ConfigError, match=r"config.model.accumulation='sum'"):
+    grl.build({'accumulation': 'sum'})
+
+
+def test_model_defaults_are_the_module_defaults_and_the_recipe_starts_from_them():
+  from grl_jax import models
+  spec = models.get('grl')
+  defaults = spec.model_defaults()
+  assert defaults['name'] == 'grl' and defaults['resnet_depth'] == 50
+  default_module, built = grl.GRL(), spec.build(defaults, 0)
+  for field in ('stage_sizes', 'width', 'last_stride', 'dtype', 'gce_hidden', 'trl_scan'):
+    assert getattr(built, field) == getattr(default_module, field)
+  c = _mars()
+  assert set(c.model) == set(defaults) and set(c.loss) == set(spec.loss_defaults())
+  spec.check_config(c)
+  c.model.resnet_width = 8            # loss.feature_dim follows (FieldReference)
+  assert c.loss.feature_dim == 256
+  spec.check_config(c)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('loss.feature_dim', 1024, r'config.loss.feature_dim=1024 must equal .* = 2048'),
+    ('model.trl_reduction', 4096, r'config.model.trl_reduction=4096'),
+    ('model.dtype', 'float64', r"config.model.dtype='float64'"),
+])
+def test_check_config_names_the_field(field, value, message):
+  from grl_jax import models
+  from grl_jax.errors import ConfigError
+  c = _mars()
+  section, key = field.split('.')
+  c[section][key] = value
+  with pytest.raises(ConfigError, match=message):
+    models.get('grl').check_config(c)
+
+
+def test_compute_dtype():
+  from grl_jax.errors import ConfigError
+  from grl_jax.models import layers
+  assert layers.compute_dtype('bfloat16') == jnp.bfloat16
+  assert layers.compute_dtype(jnp.float32) == jnp.float32
+  with pytest.raises(ConfigError, match=r"config.model.dtype='half': expected one of"):
+    layers.compute_dtype('half')

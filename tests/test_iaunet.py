@@ -188,3 +188,42 @@ def test_tiny_iaunet_outputs_objective_and_seq_len_check():
   assert ev['descriptor'].shape == (4, 128)
   with pytest.raises(ValueError, match='seq_len=4'):
     model.apply(v, jnp.concatenate([x, x], axis=1), train=False)
+
+
+def _mars():
+  import configs.mars  # pylint: disable=g-import-not-at-top
+  return configs.mars.get_config('model=iaunet')
+
+
+def test_recipe_fields_are_the_model_defaults_and_pass_the_checks():
+  spec = registry.get('iaunet')
+  c = _mars()
+  assert set(c.model) == set(spec.model_defaults())
+  assert c.data.seq_len == c.model.seq_len == spec.model_defaults()['seq_len']
+  spec.check_config(c)
+  import configs.demo  # pylint: disable=g-import-not-at-top
+  spec.check_config(configs.demo.get_config('model=iaunet'))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('data.seq_len', 8, r'config.data.seq_len=8 exceeds config.model.seq_len=4: .*'
+                        r"test_sampling='dense'"),
+    ('model.seq_len', 0, r'config.model.seq_len=0: expected >= 1'),
+    ('model.stage_sizes', (1, 1), r'config.model.stage_sizes=\(1, 1\): .* at least 3 stages'),
+    ('loss.triplet_feature', 'logits', r"config.loss.triplet_feature='logits'"),
+    ('loss.triplet_metric', 'dot', r"config.loss.triplet_metric='dot'"),
+])
+def test_check_config_names_the_fields(field, value, message):
+  from grl_jax.errors import ConfigError
+  c = _mars()
+  section, key = field.split('.')
+  c[section][key] = value
+  with pytest.raises(ConfigError, match=message):
+    registry.get('iaunet').check_config(c)
+
+
+def test_unknown_model_field_is_a_config_error():
+  from grl_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"config.model.iau_stages is not a field of model "
+                                        r"'iaunet'"):
+    registry.get('iaunet').build({'name': 'iaunet', 'iau_stages': (2,)}, 3)

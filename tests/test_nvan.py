@@ -9,9 +9,11 @@ import pytest
 
 from tests import np_reference
 
-from grl_jax import convert_nvan
+from grl_jax.convert import nvan_official as convert_nvan
+from grl_jax.convert.torchvision import imagenet_variables
+from grl_jax.errors import ConversionError
 from grl_jax import models as registry
-from grl_jax.models import nvan
+from grl_jax.models import layers, nvan
 
 EPS = 1e-5
 # Tiny ResNet: enough blocks for the official NL positions (2 in layer2, 3 in layer3).
@@ -37,14 +39,14 @@ def test_softmax_attention_matches_numpy_with_and_without_chunks(chunk):
   q, k, v = (rng.randn(3, 12, 6).astype(np.float32) for _ in range(3))
   attention = np_reference.softmax(np.einsum('gqd,gkd->gqk', q * 1.0, k * 1.0))
   want = np.einsum('gqk,gkd->gqd', attention, v)
-  got = nvan.softmax_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), chunk)
+  got = layers.softmax_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), chunk)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_attention_gradients_match_unchunked():
   rng = np.random.RandomState(1)
   q, k, v = (jnp.asarray(rng.randn(2, 10, 4).astype(np.float32)) for _ in range(3))
-  loss = lambda c: lambda q, k, v: jnp.sum(nvan.softmax_attention(q, k, v, c) ** 2)  # noqa
+  loss = lambda c: lambda q, k, v: jnp.sum(layers.softmax_attention(q, k, v, c) ** 2)  # noqa
   full = jax.grad(loss(0), argnums=(0, 1, 2))(q, k, v)
   chunked = jax.grad(loss(3), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(full, chunked):
@@ -249,22 +251,22 @@ def test_conversion_errors_name_the_key(tiny_models):
   base = _to_official(variables)
   missing = dict(base)
   del missing['module.features.backbone.NL_2.0.phi.bias']
-  with pytest.raises(convert_nvan.ConversionError, match=r'NL_2\.0\.phi\.bias'):
+  with pytest.raises(ConversionError, match=r'NL_2\.0\.phi\.bias'):
     convert_nvan.official_variables(missing, 'nvan', stripes=4)
   bad = dict(base)
   bad['module.features.backbone.layer3.1.conv2.weight'] = np.zeros((3, 3, 3, 3), np.float32)
-  with pytest.raises(convert_nvan.ConversionError, match=r'layer3\.1\.conv2\.weight'):
+  with pytest.raises(ConversionError, match=r'layer3\.1\.conv2\.weight'):
     convert_nvan.official_variables(bad, 'nvan', stripes=4)
   extra = dict(base)
   extra['module.features.backbone.foo.weight'] = np.zeros(3)
-  with pytest.raises(convert_nvan.ConversionError, match='foo.weight'):
+  with pytest.raises(ConversionError, match='foo.weight'):
     convert_nvan.official_variables(extra, 'nvan', stripes=4)
   bias = dict(base)
   bias['module.bottleneck.bias'] = np.ones(128)
-  with pytest.raises(convert_nvan.ConversionError, match='bottleneck.bias'):
+  with pytest.raises(ConversionError, match='bottleneck.bias'):
     convert_nvan.official_variables(bias, 'nvan', stripes=4)
   plain = {k[len('module.'):]: v for k, v in base.items()}
-  with pytest.raises(convert_nvan.ConversionError, match='module'):
+  with pytest.raises(ConversionError, match='module'):
     convert_nvan.official_variables(plain, 'nvan', stripes=4)
 
 
@@ -278,8 +280,10 @@ def test_imagenet_init_copies_the_trunk_and_keeps_fresh_blocks(name):
   state = {convert.resnet_torch_key(c, tuple(p)): convert.flax_to_torch(np.asarray(v), p[-1])
            for (c, *p), v in convert.flatten(tv).items()}
   state['fc.weight'] = np.zeros((1000, 128), np.float32)
-  cfg = {'name': name, **TINY, 'seq_len': 4}
-  variables, ignored = convert_nvan.imagenet_variables(state, cfg, seed=0)
+  # Model fields are read strictly: each model gets only its own fields.
+  cfg = ({'name': name, **TINY} if name == 'nvan' else
+         {'name': name, 'stage_sizes': TINY['stage_sizes'], 'resnet_width': 4, 'seq_len': 4})
+  variables, ignored = imagenet_variables(state, cfg, seed=0)
   assert ignored == ['resnet:fc.weight']
   for coll in ('params', 'batch_stats'):
     for key in ('conv1', 'bn1', 'layer3_2', 'layer2_0'):
@@ -289,3 +293,56 @@ def test_imagenet_init_copies_the_trunk_and_keeps_fresh_blocks(name):
   assert 'classifier' not in variables['params']
   block = 'nl2_0' if name == 'nvan' else 'iau2'
   assert block in variables['params']
+
+
+# ------------------------------------------------------------------------------------------------
+# Config fields and checks.
+
+
+def _mars(model):
+  import configs.mars  # pylint: disable=g-import-not-at-top
+  return configs.mars.get_config(f'model={model}')
+
+
+@pytest.mark.parametrize('name', ['nvan', 'ste_nvan'])
+def test_recipe_fields_are_the_model_defaults_and_pass_the_checks(name):
+  spec = registry.get(name)
+  c = _mars(name)
+  assert set(c.model) == set(spec.model_defaults())
+  assert spec.model_defaults()['nl_temporal_groups'] == ('clip' if name == 'nvan' else 'pairs')
+  spec.check_config(c)
+  import configs.demo  # pylint: disable=g-import-not-at-top
+  spec.check_config(configs.demo.get_config(f'model={name}'))
+
+
+@pytest.mark.parametrize('name,field,value,message', [
+    ('ste_nvan', 'model.stripes', 5, r'config.model.stripes=5 must divide the layer2 feature '
+                                     r'height 32 \(from config.data.height=256\)'),
+    ('ste_nvan', 'data.height', 200, r'config.model.stripes=16 must divide the layer2 .* 25'),
+    ('ste_nvan', 'data.seq_len', 6, r'config.data.seq_len=6: ste_nvan halves .* multiple of 4'),
+    ('nvan', 'model.nl_temporal_groups', 'pairs', None),
+    ('nvan', 'model.non_layers', (0, 2, 3), r'config.model.non_layers=\(0, 2, 3\) needs one '),
+    ('nvan', 'model.non_layers', (0, 5, 3, 0), r'config.model.non_layers: 5 non-local'),
+    ('nvan', 'loss.triplet_feature', 'bn_feature', r"config.loss.triplet_feature='bn_feature'"),
+    ('nvan', 'model.nl_temporal_groups', 'triples', r"config.model.nl_temporal_groups='triples'"),
+])
+def test_check_config_names_the_fields(name, field, value, message):
+  from grl_jax.errors import ConfigError
+  c = _mars(name)
+  section, key = field.split('.')
+  c[section][key] = value
+  if message is None:   # NVAN with pairs: fine at T = 8, an error at an odd T.
+    registry.get(name).check_config(c)
+    c.data.seq_len = 7
+    message = r'config.model.nl_temporal_groups=pairs: the non-local blocks of layer2 see 7'
+  with pytest.raises(ConfigError, match=message):
+    registry.get(name).check_config(c)
+
+
+def test_unknown_field_and_name_mismatch_are_config_errors():
+  from grl_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"config.model.stripe is not a field of model "
+                                        r"'ste_nvan'; known: .*'stripes'"):
+    _tiny('ste_nvan', stripe=4)
+  with pytest.raises(ConfigError, match=r"config.model.name='nvan'"):
+    registry.get('ste_nvan').build({'name': 'nvan'}, 5)

@@ -258,3 +258,19 @@ def test_objectives_under_8_device_sharded_batch_match_single_device():
   assert result['finite']
   assert np.isfinite(result['loss']) and result['loss'] > 0
   assert result['max_diff'] < 1e-5, result
+
+
+def test_loss_fields_are_read_strictly_against_one_dataclass():
+  import dataclasses
+  from grl_jax.errors import ConfigError
+  assert objectives.GRLObjective.defaults() == {
+      f.name: f.default for f in dataclasses.fields(objectives.GRLLoss)}
+  assert objectives.BNNeckObjective.defaults()['triplet_feature'] == 'feature'
+  with pytest.raises(ConfigError, match=r'config.loss.oim_scaler is not a field of the GRL '
+                                        r"objective; known: .*'oim_scalar'"):
+    objectives.GRLObjective({'oim_scaler': 10.0}, 3)
+  with pytest.raises(ConfigError, match=r"config.loss.triplet_margin='hard'"):
+    objectives.BNNeckObjective({'triplet_margin': 'hard'}, 3)
+  with pytest.raises(ConfigError, match=r'config.loss.label_smoothing=1.0'):
+    objectives.BNNeckObjective({'label_smoothing': 1.0}, 3)
+  assert objectives.BNNeckObjective({'triplet_margin': '0.3'}, 3).triplet_margin == 0.3

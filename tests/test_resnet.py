@@ -132,11 +132,12 @@ def test_train_mode_bn_uses_batch_stats_and_momentum_0p1():
                              0.9 * old + 0.1 * pre_bn.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
-def test_stage_by_stage_equals_call_and_compact_builders_share_names():
+def test_compact_builders_with_hooks_share_names_and_output():
   import flax.linen as nn
   model = resnet.ResNet(stage_sizes=(1, 1, 2, 1), width=4)
   x = np.random.default_rng(3).normal(size=(1, 32, 16, 3)).astype(np.float32)
   v = randomize(init_shapes(model, x, train=False))
+  seen = []
 
   class Compact(nn.Module):
     @nn.compact
@@ -144,21 +145,25 @@ def test_stage_by_stage_equals_call_and_compact_builders_share_names():
       x = resnet.stem(x, train, width=4)
       for s, n in enumerate((1, 1, 2, 1), start=1):
         x = resnet.make_stage(x, train, stage=s, num_blocks=n, width=4,
-                              stride=1 if s in (1, 4) else 2)
+                              stride=resnet.stage_stride(s, 4, 1),
+                              after_block=lambda s, j, y: seen.append((s, j)) or y)
       return x
 
-  def by_stage(m, x):
-    x = m.stem(x, False)
-    for s in range(1, 5):
-      x = m.stage(s, x, False)
-    return x
-
   full = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
-  staged = jax.jit(lambda v, x: model.apply(v, x, method=by_stage))(v, x)
   compact = jax.jit(lambda v, x: Compact().apply(v, x, False))(v, x)
   assert jax.tree.structure(init_shapes(Compact(), x, False)) == jax.tree.structure(v)
-  np.testing.assert_allclose(staged, full, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(compact, full, rtol=1e-6, atol=1e-6)
+  assert seen[:5] == [(1, 0), (2, 0), (3, 0), (3, 1), (4, 0)]
+
+
+def test_feature_size_matches_the_trunk():
+  for h, w, last_stride in ((37, 22, 1), (256, 128, 1), (64, 32, 2)):
+    model = resnet.ResNet(stage_sizes=(1, 1, 1, 1), width=4, last_stride=last_stride)
+    y = init_shapes(model, jnp.zeros((1, h, w, 3)), train=False)
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, h, w, 3)), train=False), y)
+    assert out.shape[1:3] == (resnet.feature_size(h, 4, 4, last_stride),
+                              resnet.feature_size(w, 4, 4, last_stride))
+  assert [resnet.feature_size(256, s, 4, 1) for s in range(5)] == [64, 64, 32, 16, 16]
 
 
 def test_bfloat16_compute_keeps_float32_variables():
@@ -172,6 +177,7 @@ def test_bfloat16_compute_keeps_float32_variables():
 
 
 def test_stage_sizes_for():
+  from grl_jax.errors import ConfigError
   assert resnet.stage_sizes_for(50) == (3, 4, 6, 3)
-  with pytest.raises(ValueError, match='resnet_depth=18'):
+  with pytest.raises(ConfigError, match='config.model.resnet_depth=18'):
     resnet.stage_sizes_for(18)

@@ -1,9 +1,14 @@
 """GRL's published recipe (grl.md §6-§8, the official `mars_train.py` defaults).
 
 * Model: ResNet-50 (last stride 1) + GCE + bi-directional TRL + BN/L2 heads + self-attention
-  pooling + pair verifier (grl_jax/models/grl.py documents every field).
+  pooling + pair verifier (grl_jax/models/grl.py documents every field). The published
+  architecture is the model's defaults (`grl_jax.models.get('grl').model_defaults()`): depth 50
+  (stage sizes (3, 4, 6, 3); `stage_sizes=()` derives them, `(1, 1, 1, 1)` gives a tiny
+  trunk), width 64 (D = 2048), plain accumulation ('se' is the first official commit's variant,
+  grl.md B11), hidden sizes 1024 / 256 / 512 at width 64 (scaled with the width), TRL
+  reduction 16, TRL as nn.scan.
 * Loss: OIM_corr(frames) + OIM_corr(video) + 20 x BCE verification + soft batch-hard triplet +
-  OIM_uncorr (grl_jax.objectives.GRLObjective).
+  OIM_uncorr (grl_jax.objectives.GRLObjective; its defaults are the published weights).
 * Optimiser: SGD, Nesterov momentum 0.9, coupled weight decay 5e-4 on all parameters, lr 1e-3
   for the backbone and GCE and 2e-3 for everything else, x0.1 at epochs 15/30/45, 60 epochs,
   no warm-up (grl.md §7.1).
@@ -15,6 +20,8 @@
 from __future__ import annotations
 
 import ml_collections
+
+from grl_jax import models
 
 # Parameter groups (grl.md §7.1): the torchvision trunk and GCE at x1, everything else x2.
 # Regexes are matched against '/'-joined parameter paths; the first match wins.
@@ -28,36 +35,17 @@ GRL_LR_MULT = (
 def recipe(name: str = 'grl') -> ml_collections.ConfigDict:
   if name != 'grl':
     raise ValueError(f'configs/models/grl.py knows only the model "grl", got {name!r}')
+  spec = models.get('grl')
+  model = spec.model_defaults()
+  loss = spec.loss_defaults()
   # D = 32 x resnet_width; the OIM tables of the objective must have the same width, so the
   # loss field follows the model field (also after a --config.model.resnet_width override).
-  width = ml_collections.FieldReference(64)
+  width = ml_collections.FieldReference(model['resnet_width'])
+  model['resnet_width'] = width
+  loss['feature_dim'] = width * 32
   r = ml_collections.ConfigDict()
-  r.model = ml_collections.ConfigDict(dict(
-      name='grl',
-      resnet_depth=50,           # -> stage sizes (3, 4, 6, 3)
-      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
-      resnet_width=width,        # D = 32 x width = 2048
-      last_stride=1,
-      dtype='float32',
-      accumulation='plain',      # 'se': the first official commit's variant (grl.md B11)
-      gce_hidden=1024,           # hidden sizes at width 64; scaled with the width
-      corr_hidden=256,
-      attention_dim=512,
-      trl_reduction=16,
-      trl_scan=True,
-  ))
-  r.loss = ml_collections.ConfigDict(dict(
-      feature_dim=width * 32,
-      oim_scalar=30.0,
-      oim_momentum=0.5,
-      oim_frame_weight=1.0,
-      oim_video_weight=1.0,
-      verification_weight=20.0,
-      triplet_weight=1.0,
-      triplet_margin='soft',
-      triplet_metric='euclidean',
-      uncorr_weight=1.0,
-  ))
+  r.model = ml_collections.ConfigDict(model)
+  r.loss = ml_collections.ConfigDict(loss)
   r.optim = dict(
       name='sgd', lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4,
       lr_mult=GRL_LR_MULT, epochs=60, decay_epochs=(15, 30, 45), decay_factor=0.1,

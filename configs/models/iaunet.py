@@ -16,32 +16,24 @@ from __future__ import annotations
 
 import ml_collections
 
+from grl_jax import models
+
 
 def recipe(name: str = 'iaunet') -> ml_collections.ConfigDict:
   if name != 'iaunet':
     raise ValueError(f'configs/models/iaunet.py knows only the model "iaunet", got {name!r}')
-  seq_len = 4
+  spec = models.get('iaunet')
+  model = spec.model_defaults()
+  # ResNet-50, last stride 1, stem ReLU, 4 parts and an unchunked CIAU affinity ((C·T)^2 is
+  # small at T = 4) are the model's defaults (grl_jax/models/iaunet.py); model.seq_len (the
+  # STIAU node mask, default 4) is the clip length: test clips must not be longer.
+  seq_len = model['seq_len']
+  loss = spec.loss_defaults()
+  loss.update(label_smoothing=0.1, triplet_margin=0.3, triplet_metric='cosine',
+              triplet_feature='bn_feature')  # post-BN feature; ce / triplet weights stay 1
   r = ml_collections.ConfigDict()
-  r.model = ml_collections.ConfigDict(dict(
-      name='iaunet',
-      resnet_depth=50,
-      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
-      resnet_width=64,
-      last_stride=1,
-      stem_relu=True,
-      seq_len=seq_len,            # STIAU node mask; test clips must not be longer
-      parts=4,
-      ciau_query_chunk=0,         # CIAU affinity (C·T)^2 is small at T = 4
-      dtype='float32',
-  ))
-  r.loss = ml_collections.ConfigDict(dict(
-      label_smoothing=0.1,
-      ce_weight=1.0,
-      triplet_weight=1.0,
-      triplet_margin=0.3,
-      triplet_metric='cosine',
-      triplet_feature='bn_feature',
-  ))
+  r.model = ml_collections.ConfigDict(model)
+  r.loss = ml_collections.ConfigDict(loss)
   r.optim = dict(
       name='adam', lr=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=5e-4, lr_mult=(),
       epochs=150, decay_epochs=(40, 80, 120), decay_factor=0.1, warmup_epochs=0.0)
@@ -50,5 +42,5 @@ def recipe(name: str = 'iaunet') -> ml_collections.ConfigDict:
       train_sampling='stride', sample_stride=8, test_sampling='dense', seq_len=seq_len,
       height=256, width=128, flip=True, erasing_prob=0.0, pad_crop=0)
   r.train = dict(global_batch_size=32, eval_every_epochs=10)
-  r.eval = dict(aggregate='mean', best_metric='mAP')
+  r.eval = dict(best_metric='mAP')
   return r

@@ -26,34 +26,24 @@ from __future__ import annotations
 
 import ml_collections
 
+from grl_jax import models
+
 NAMES = ('nvan', 'ste_nvan')
 
 
 def recipe(name: str = 'nvan') -> ml_collections.ConfigDict:
   if name not in NAMES:
     raise ValueError(f'configs/models/nvan.py knows the models {NAMES}, got {name!r}')
+  spec = models.get(name)
   r = ml_collections.ConfigDict()
-  r.model = ml_collections.ConfigDict(dict(
-      name=name,
-      resnet_depth=50,
-      stage_sizes=(),            # () = from resnet_depth; e.g. (1, 1, 1, 1) for a tiny trunk
-      resnet_width=64,
-      last_stride=1,
-      stem_relu=False,            # the released backbone has no ReLU after bn1
-      non_layers=(0, 2, 3, 0),    # NL blocks after the last k bottlenecks of layer1..4
-      stripes=16,                 # STE-NVAN stripe count (unused by NVAN)
-      nl_temporal_groups='clip' if name == 'nvan' else 'pairs',
-      nl_query_chunk=1024,        # NVAN attention memory: query rows per chunk (0 = whole)
-      dtype='float32',
-  ))
-  r.loss = ml_collections.ConfigDict(dict(
-      label_smoothing=0.0,
-      ce_weight=1.0,
-      triplet_weight=1.0,
-      triplet_margin='soft',
-      triplet_metric='euclidean',
-      triplet_feature='feature',  # pre-BN 3D-pooled feature
-  ))
+  # The published architecture and loss are the model's defaults (grl_jax/models/nvan.py,
+  # grl_jax/objectives.py BNNeckLoss): ResNet-50, last stride 1, no ReLU after bn1 (as
+  # released), non_layers=(0, 2, 3, 0) (NL blocks after the last k bottlenecks of layer1..4),
+  # 16 stripes (STE-NVAN; unused by NVAN), nl_temporal_groups 'clip' (NVAN) / 'pairs'
+  # (STE-NVAN), NVAN attention in query chunks of 1024 rows (0 = whole affinity); plain CE +
+  # soft-margin Euclidean triplet on the pre-BN 3D-pooled `feature`, both weight 1.
+  r.model = ml_collections.ConfigDict(spec.model_defaults())
+  r.loss = ml_collections.ConfigDict(spec.loss_defaults())
   r.optim = dict(
       name='adam', lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=5e-5, lr_mult=(),
       epochs=200, decay_epochs=(50, 100, 150), decay_factor=0.1, warmup_epochs=0.0)

@@ -4,7 +4,8 @@ The contract every model family honours (the trainer, evaluation and inference r
 else):
 
 * `build(model_cfg, num_classes) -> nn.Module`. `model_cfg` is the `config.model` ConfigDict
-  minus nothing: each factory reads the fields it knows. The module is called as
+  (or a plain mapping). Factories read it strictly: an absent field takes the default, an
+  unknown one is a ConfigError naming `config.model.<field>`. The module is called as
   `module.apply(variables, frames, train=bool, mutable=[...], rngs=...)` with
   `frames: float[B, T, H, W, 3]`, already mean/std normalised (ImageNet, RGB), and returns a
   dict of named outputs. With `train=False` the dict holds `descriptor: float32[B, D]`, the
@@ -13,6 +14,11 @@ else):
   Variables are `params` and `batch_stats`.
 * `objective(loss_cfg, num_classes) -> Objective` (see `Objective` below): turns the outputs
   and the batch into the loss; it owns extra non-trainable state (e.g. OIM lookup tables).
+* `model_defaults() -> dict` / `loss_defaults() -> dict`: every `config.model` / `config.loss`
+  field of the model with its default (read off the module's / objective's dataclass fields:
+  the one place defaults live; configs/models/*.py start from these).
+* `check_config(config)`: the model's shape constraints on the FULL config (model + data
+  sections), raising ConfigError naming the fields before anything is compiled.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from typing import Any, Callable, Protocol
 
 import flax.linen as nn
 import jax
+
+from grl_jax import schema
 
 PyTree = Any
 
@@ -42,24 +50,19 @@ class Objective(Protocol):
     """State after the gradient step (outputs are already stop-gradient'ed)."""
 
 
+def _no_check(config: Any) -> None:
+  del config
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """A registered model: factories, descriptor distance, config defaults and checks."""
   build: Callable[[Any, int], nn.Module]
   objective: Callable[[Any, int], Objective]
   descriptor_distance: str = 'dot'
-
-
-def cfg_get(cfg: Any, key: str, default: Any) -> Any:
-  """Field `key` of a ConfigDict / mapping / object, or `default` when absent, None or cfg is None.
-
-  Factories read their `config.model` / `config.loss` fields through this, so a plain dict (tests,
-  converted checkpoints' meta) and a ConfigDict behave the same.
-  """
-  if cfg is None:
-    return default
-  getter = getattr(cfg, 'get', None)
-  value = getter(key, default) if callable(getter) else getattr(cfg, key, default)
-  return default if value is None else value
+  model_defaults: Callable[[], dict] = dict
+  loss_defaults: Callable[[], dict] = dict
+  check_config: Callable[[Any], None] = _no_check
 
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
@@ -75,9 +78,7 @@ def register(name: str):
 
 def get(name: str) -> ModelSpec:
   _load_all()
-  if name not in _REGISTRY:
-    raise ValueError(f'config.model.name={name!r} is not a registered model; '
-                     f'known: {sorted(_REGISTRY)}')
+  schema.check_choice(name, tuple(sorted(_REGISTRY)), 'config.model.name')
   return _REGISTRY[name]()
 
 

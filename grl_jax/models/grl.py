@@ -19,13 +19,15 @@ Outputs (the "GRL model outputs" contract of the team brief):
   train=False: descriptor f32[B, 3D] = concat[Z^l, AttnPool(Z^h), mean_t Z^h] (§8.2, compared
     with a dot product, not re-normalised), correlation_map.
 
-Model config fields (`config.model`, read by `build`):
+Model config fields (`config.model`, read strictly by `build`: an unknown field is a ConfigError;
+the defaults below are the `GRL` dataclass fields, listed by `model_defaults()`):
   name            'grl'
   resnet_depth    50 (-> stage sizes (3, 4, 6, 3)); ignored when `stage_sizes` is given.
   stage_sizes     optional tuple of blocks per stage, e.g. (1, 1, 1, 1) for tests.
   resnet_width    64; D = 32 * resnet_width (2048 at 64).
   last_stride     1.
-  dtype           'float32' | 'bfloat16' | 'float16': compute dtype of convs/activations.
+  dtype           'float32' | 'bfloat16' (grl_jax.schema.DTYPES): compute dtype of convs and
+                  activations.
                   Params, BN statistics, sigmoids, softmaxes, L2 normalisations and all
                   outputs are float32.
   accumulation    'plain' (HEAD) | 'se' (first official commit: squeeze-excitation in the
@@ -53,85 +55,20 @@ Flax (biased batch variance) instead of PyTorch's unbiased one (negligible, §2)
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grl_jax.models import ModelSpec, cfg_get, register
-from grl_jax.models import resnet
+from grl_jax import schema
+from grl_jax.errors import ConfigError
+from grl_jax.models import ModelSpec, fields, layers, register, resnet
+from grl_jax.models.layers import l2_normalize, torch_kernel_init
+from grl_jax.models.trl import TRLDirection, conv1x1
 
 Dtype = Any
 REFERENCE_WIDTH = 64
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-# ----------------------------------------------------------------------------------------------
-# PyTorch default initialisers (nn.Linear / nn.Conv2d reset_parameters).
-torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
-
-
-def dense(features: int, fan_in: int, *, use_bias: bool = True, dtype: Dtype = jnp.float32,
-          name: str | None = None, kernel_init=None, bias_init=None) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=kernel_init or torch_kernel_init,
-                  bias_init=bias_init or torch_bias_init(fan_in), name=name)
-
-
-class Conv1x1(nn.Module):
-  """A 1x1 conv (stride 1, no padding) written as a matmul over the channel axis.
-
-  Same variables as `nn.Conv(features, (1, 1))` (`kernel` f32[1, 1, C, F], optional `bias`
-  f32[F], same initialisers and names, so checkpoints and conversions are unchanged) and the
-  same result. Why not nn.Conv: inside the TRL `nn.scan` (an XLA while loop) XLA:CPU leaves
-  the 1x1 convolutions and their gradients as convolution ops in non-canonical layouts
-  (weight gradient `f01b_i01o->01bf`), which run on a slow generic path: one TRL direction's
-  forward + backward at 2 x 8 x 16 x 8 x 2048 took 38 s instead of 0.8 s, most of a 170 s
-  full-size CPU train step (benchmarks/RESULTS.md). A dot_general is a plain GEMM everywhere.
-  """
-  features: int
-  use_bias: bool = False
-  dtype: Dtype = jnp.float32
-  kernel_init: Any = torch_kernel_init
-  bias_init: Any = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x f[..., C] -> f[..., F] in `dtype`."""
-    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features),
-                        jnp.float32)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel[0, 0].astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())))
-    if self.use_bias:
-      y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-    return y
-
-
-def conv1x1(features: int, fan_in: int, *, use_bias: bool = False, dtype: Dtype = jnp.float32,
-            name: str | None = None, kernel_init=None) -> Conv1x1:
-  """PyTorch-initialised 1x1 conv (default: U(+-1/sqrt(fan_in)) weight and bias)."""
-  return Conv1x1(features, use_bias=use_bias, dtype=dtype, name=name,
-                 kernel_init=kernel_init or torch_kernel_init,
-                 bias_init=torch_bias_init(fan_in))
-
-
-def l2_normalize(x: jax.Array, eps: float | None) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (F.normalize); eps=None divides by the plain norm."""
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / (norm if eps is None else jnp.maximum(norm, eps))
-
-
-def spatial_mean(x: jax.Array) -> jax.Array:
-  """f[..., h, w, C] -> f32[..., C] (accumulated in float32)."""
-  return jnp.mean(x.astype(jnp.float32), axis=(-3, -2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,113 +108,19 @@ class GCE(nn.Module):
     d = x.shape[-1]
     # g_b = mean over t, i, j; glo_fc = Linear + BN1d (over the B clips) + ReLU.
     g = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-    g = dense(self.hidden, d, name='glo_fc')(g)
-    g = nn.relu(resnet.batch_norm(train, name='glo_bn')(g))
+    g = layers.torch_dense(self.hidden, d, name='glo_fc')(g)
+    g = nn.relu(layers.batch_norm(train, name='glo_bn')(g))
     # Correlation head: conv+BN (no ReLU, B10), conv+BN+ReLU, conv+BN, sigmoid.
     r = _ConcatConv1x1(self.hidden, self.dtype, name='corr_conv1')(x, g)
-    r = resnet.bn_apply(resnet.batch_norm(train, name='corr_bn1'), r, self.dtype)
+    r = layers.bn_apply(layers.batch_norm(train, name='corr_bn1'), r, self.dtype)
     r = conv1x1(self.corr_hidden, self.hidden, dtype=self.dtype, name='corr_conv2')(r)
-    r = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='corr_bn2'), r, self.dtype))
+    r = nn.relu(layers.bn_apply(layers.batch_norm(train, name='corr_bn2'), r, self.dtype))
     r = conv1x1(1, self.corr_hidden, dtype=self.dtype, name='corr_conv3')(r)
-    r = resnet.batch_norm(train, name='corr_bn3')(r.astype(jnp.float32))
+    r = layers.batch_norm(train, name='corr_bn3')(r.astype(jnp.float32))
     corr = jax.nn.sigmoid(r)[..., 0]  # f32[B, T, h, w]
     rc = corr[..., None].astype(self.dtype)
     x = x.astype(self.dtype)
     return x * rc, x * (1 - rc), corr
-
-
-class AccumulationUnit(nn.Module):
-  """The TRL memory update U(m, u) (§4): bottleneck with 1x1 convs on z = m + u, residual z.
-
-  Per call in train mode every BN uses that call's batch statistics (over B*h*w) and updates its
-  running averages once. `se=True` adds the first commit's squeeze-excitation before the
-  residual add (B11). m, u f[B, h, w, D] -> f[B, h, w, D].
-  """
-  bottleneck: int
-  se: bool = False
-  se_reduction: int = 16
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, m: jax.Array, u: jax.Array, train: bool) -> jax.Array:
-    z = (m + u).astype(self.dtype)
-    d = z.shape[-1]
-    y = conv1x1(self.bottleneck, d, dtype=self.dtype, name='conv1')(z)
-    y = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='bn1'), y, self.dtype))
-    y = conv1x1(self.bottleneck, self.bottleneck, dtype=self.dtype, name='conv2')(y)
-    y = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='bn2'), y, self.dtype))
-    y = conv1x1(d, self.bottleneck, dtype=self.dtype, name='conv3')(y)
-    y = resnet.batch_norm(train, name='bn3')(y.astype(jnp.float32))
-    if self.se:
-      s = jnp.mean(y, axis=(1, 2))
-      s = nn.relu(dense(d // self.se_reduction, d, use_bias=False, name='se_fc1')(s))
-      s = jax.nn.sigmoid(dense(d, d // self.se_reduction, use_bias=False, name='se_fc2')(s))
-      y = y * s[:, None, None, :]
-    return nn.relu(y.astype(self.dtype) + z)
-
-
-class TRLDirection(nn.Module):
-  """One direction of Temporal Reciprocal Learning (§4); `reverse=True` is the backward branch.
-
-  For each step (frame t = k forward, t = T-1-k backward), with memory M (initially mean_t X^l):
-    a = ReLU(phi1(M)), c = ReLU(phi2(X^h_t)), s = mean_ij (a - c)^2,
-    alpha = sigmoid(W2 ReLU(W1 s)), e_t = mean_ij X^h_t * (1 + alpha),
-    M <- U(M, X^l_t)   (after the enhancement read: frame t enhances with the OLD memory).
-  Returns e f32[B, T, D] (in frame order) and GAP(M_T) f32[B, D].
-  """
-  features: int = 2048  # D
-  reduction: int = 16
-  accumulation: str = 'plain'
-  reverse: bool = False
-  scan: bool = True
-  dtype: Dtype = jnp.float32
-
-  def setup(self):
-    self.phi1 = conv1x1(self.features, self.features, use_bias=True, dtype=self.dtype)
-    self.phi2 = conv1x1(self.features, self.features, use_bias=True, dtype=self.dtype)
-    hidden = self.features // self.reduction
-    self.attention_fc1 = dense(hidden, self.features, use_bias=False)
-    self.attention_fc2 = dense(self.features, hidden, use_bias=False)
-    self.accumulate = AccumulationUnit(self.features // 4, se=self.accumulation == 'se',
-                                       se_reduction=self.reduction, dtype=self.dtype)
-
-  def __call__(self, xh: jax.Array, xl: jax.Array, train: bool):
-    """xh, xl f[B, T, h, w, D] -> (e f32[B, T, D], GAP(M_T) f32[B, D])."""
-    # phi2 and the GAP of X^h do not depend on the memory: one batched conv over all frames.
-    c = nn.relu(self.phi2(xh))
-    xh_gap = spatial_mean(xh)
-    memory = jnp.mean(xl.astype(jnp.float32), axis=1).astype(self.dtype)
-    xs = tuple(jnp.swapaxes(a, 0, 1) for a in (c, xh_gap, xl))  # time-major
-
-    def step(mdl: TRLDirection, m, inputs, train=train):
-      c_t, xh_gap_t, xl_t = inputs
-      a = nn.relu(mdl.phi1(m))
-      s = spatial_mean((a.astype(jnp.float32) - c_t.astype(jnp.float32)) ** 2)
-      alpha = jax.nn.sigmoid(mdl.attention_fc2(nn.relu(mdl.attention_fc1(s))))
-      e = xh_gap_t * (1.0 + alpha)  # == mean_ij of X^h_t * (1 + alpha)
-      return mdl.accumulate(m, xl_t, train), e
-
-    if self.scan:
-      if self.is_initializing():
-        # The scan carries batch_stats, so they must exist before it; an eval-mode step creates
-        # them (and the params) without touching the running averages.
-        step(self, memory, tuple(a[0] for a in xs), train=False)
-      # Training updates the running averages at every step (carried); in eval they are
-      # read-only constants (a carried immutable collection is not supported by nn.scan).
-      scanned = nn.scan(step,
-                        variable_broadcast='params' if train else ['params', 'batch_stats'],
-                        variable_carry='batch_stats' if train else False,
-                        split_rngs={'params': False}, in_axes=0, out_axes=0,
-                        reverse=self.reverse)
-      memory, e = scanned(self, memory, xs)
-    else:
-      t_len = xh.shape[1]
-      order = range(t_len - 1, -1, -1) if self.reverse else range(t_len)
-      e = [None] * t_len
-      for t in order:
-        memory, e[t] = step(self, memory, tuple(a[t] for a in xs))
-      e = jnp.stack(e)
-    return jnp.swapaxes(e, 0, 1), spatial_mean(memory)
 
 
 class Siamese(nn.Module):
@@ -289,9 +132,9 @@ class Siamese(nn.Module):
     zeros = nn.initializers.zeros
     self.query = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros)
     self.key = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros)
-    self.query_bn = resnet.batch_norm(None)
-    self.key_bn = resnet.batch_norm(None)
-    self.verifier_bn = resnet.batch_norm(None)
+    self.query_bn = layers.batch_norm(None)
+    self.key_bn = layers.batch_norm(None)
+    self.verifier_bn = layers.batch_norm(None)
     self.verifier = nn.Dense(2, kernel_init=nn.initializers.normal(0.001), bias_init=zeros)
 
   def attention_pool(self, z: jax.Array, train: bool) -> jax.Array:
@@ -341,9 +184,7 @@ class GRL(nn.Module):
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool) -> dict[str, jax.Array]:
     """frames f[B, T, H, W, 3], ImageNet-normalised RGB -> dict of outputs (module docstring)."""
-    if self.accumulation not in ('plain', 'se'):
-      raise ValueError(f"config.model.accumulation={self.accumulation!r}; expected 'plain' "
-                       "or 'se'")
+    schema.check_choice(self.accumulation, schema.ACCUMULATIONS, 'config.model.accumulation')
     b, t = frames.shape[:2]
     if train and b % 2:
       raise ValueError(f'GRL training needs an even batch of (probe, gallery) pairs, got B={b}')
@@ -359,9 +200,9 @@ class GRL(nn.Module):
     e_b, m_b = TRLDirection(reverse=True, name='trl_backward', **kw)(xh, xl, train)
     f_corr, f_uncorr = e_f + e_b, m_f + m_b
 
-    z_corr = resnet.batch_norm(train, name='corr_bn')(f_corr.reshape(b * t, d))
+    z_corr = layers.batch_norm(train, name='corr_bn')(f_corr.reshape(b * t, d))
     z_corr = l2_normalize(z_corr, 1e-12).reshape(b, t, d)
-    z_uncorr = l2_normalize(resnet.batch_norm(train, name='uncorr_bn')(f_uncorr), 1e-12)
+    z_uncorr = l2_normalize(layers.batch_norm(train, name='uncorr_bn')(f_uncorr), 1e-12)
 
     siamese = Siamese(self.attention_dim, name='siamese')
     if not train:
@@ -387,37 +228,77 @@ class GRL(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# config.model <-> GRL fields.
+
+
 def scaled(size: int, width: int) -> int:
   """A hidden size given for width 64, scaled to `width` (at least 1)."""
   return max(1, round(size * width / REFERENCE_WIDTH))
+
+
+_HIDDEN = ('gce_hidden', 'corr_hidden', 'attention_dim')
+
+
+def model_defaults() -> dict:
+  """config.model of GRL: the GRL dataclass defaults (hidden sizes at the reference width)."""
+  d = fields.defaults_of(GRL, exclude=('stage_sizes', 'width', 'last_stride'))
+  width = fields.defaults_of(GRL)['width']
+  for key in _HIDDEN:
+    d[key] = round(d[key] * REFERENCE_WIDTH / width)
+  d['dtype'] = layers.dtype_name(d['dtype'])
+  return {'name': 'grl', **resnet.trunk_defaults(GRL), **d}
+
+
+def read_model_config(model_cfg) -> dict:
+  """Strictly read config.model fields over `model_defaults()` (ConfigError on unknown ones)."""
+  values = fields.read(model_cfg, model_defaults(), 'config.model', "model 'grl'")
+  schema.check_choice(values['name'], ('grl',), 'config.model.name')
+  return values
 
 
 def build(model_cfg, num_classes: int = 0) -> GRL:
   """GRL module from `config.model` (fields in the module docstring). num_classes is unused:
   GRL has no classifier (its identity losses are OIM lookup tables owned by the objective)."""
   del num_classes
-  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
-  width = int(cfg_get(model_cfg, 'resnet_width', 64))
-  dtype_name = cfg_get(model_cfg, 'dtype', 'float32')
-  if dtype_name not in DTYPES:
-    raise ValueError(f'config.model.dtype={dtype_name!r}; expected one of {sorted(DTYPES)}')
+  values = read_model_config(model_cfg)
+  trunk = resnet.trunk_kwargs(values)
   return GRL(
-      stage_sizes=tuple(int(s) for s in stage_sizes),
-      width=width,
-      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
-      dtype=DTYPES[dtype_name],
-      accumulation=cfg_get(model_cfg, 'accumulation', 'plain'),
-      gce_hidden=scaled(int(cfg_get(model_cfg, 'gce_hidden', 1024)), width),
-      corr_hidden=scaled(int(cfg_get(model_cfg, 'corr_hidden', 256)), width),
-      attention_dim=scaled(int(cfg_get(model_cfg, 'attention_dim', 512)), width),
-      trl_reduction=int(cfg_get(model_cfg, 'trl_reduction', 16)),
-      trl_scan=bool(cfg_get(model_cfg, 'trl_scan', True)),
+      **trunk,
+      dtype=layers.compute_dtype(values['dtype']),
+      accumulation=schema.check_choice(values['accumulation'], schema.ACCUMULATIONS,
+                                       'config.model.accumulation'),
+      **{k: scaled(int(values[k]), trunk['width']) for k in _HIDDEN},
+      trl_reduction=int(values['trl_reduction']),
+      trl_scan=bool(values['trl_scan']),
   )
+
+
+def loss_defaults() -> dict:
+  from grl_jax import objectives  # lazy: keeps model import light
+  return objectives.GRLObjective.defaults()
+
+
+def check_config(config) -> None:
+  """Shape constraints of GRL on the full config (ConfigError naming the fields)."""
+  model = build(config.model)
+  objective = _objective(config.get('loss'), 1)
+  d = model.feature_dim
+  if not 1 <= model.trl_reduction <= d:
+    raise ConfigError(f'config.model.trl_reduction={model.trl_reduction}: the TRL channel '
+                      f'attention maps D={d} to D / trl_reduction channels; expected 1..{d}')
+  if objective.feature_dim != d:
+    raise ConfigError(f'config.loss.feature_dim={objective.feature_dim} must equal the GRL '
+                      f'feature width 32 x config.model.resnet_width = {d} (the OIM tables '
+                      'hold one D-vector per identity)')
+
+
+def _objective(loss_cfg, num_classes):
+  from grl_jax.objectives import GRLObjective  # lazy: keeps model import light
+  return GRLObjective(loss_cfg, num_classes)
 
 
 @register('grl')
 def grl_spec() -> ModelSpec:
-  def objective(loss_cfg, num_classes):
-    from grl_jax.objectives import GRLObjective  # lazy: owned by the objectives helper
-    return GRLObjective(loss_cfg, num_classes)
-  return ModelSpec(build=build, objective=objective, descriptor_distance='dot')
+  return ModelSpec(build=build, objective=_objective, descriptor_distance='dot',
+                   model_defaults=model_defaults, loss_defaults=loss_defaults,
+                   check_config=check_config)

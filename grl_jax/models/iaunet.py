@@ -1,6 +1,7 @@
 """IAUnet for video (Hou et al., TNNLS 2020): CIAU + STIAU blocks on a per-frame ResNet-50.
 
-Spec: shared/reference/nvan_iaunet.md Part B. The blocks follow the official code
+Spec: nvan_iaunet.md Part B (the project's NVAN / IAUnet reference). The blocks follow the
+official code
 (blue-blue272/ImgReID-IAnet, HEAD e104e28: `models/IAU3D.py` IAUBlock3D, `models/STIAU.py`
 STIAUModule) equation by equation. No video network, trainer or tester of IAUnet was ever
 released, so the following are INFERRED (spec §B2, §B8) and marked so in the code:
@@ -34,10 +35,11 @@ triplet input: recipe sets loss.triplet_feature='bn_feature'), `logits`, `part_m
 video supervision is unknown, so no loss uses them). Eval -> `descriptor` (post-BN) and
 `feature`.
 
-Model config fields: resnet_depth (50), resnet_width (64), last_stride (1), stem_relu (True),
-seq_len (4: STIAU mask size; clips longer than this are an error, as in the official code),
-parts (4), ciau_query_chunk (0 = whole (C·T)² affinity), dtype ('float32' | 'bfloat16';
-CIAU logits and softmax stay float32).
+Model config fields (read strictly: an unknown field is a ConfigError; the defaults are the
+`IAUnet` dataclass fields, listed by `model_defaults()`): resnet_depth (50), resnet_width (64),
+last_stride (1), stem_relu (True), seq_len (4: STIAU mask size; clips longer than this are an
+error, as in the official code), parts (4), ciau_query_chunk (0 = whole (C·T)² affinity),
+dtype ('float32' | 'bfloat16'; CIAU logits and softmax stay float32).
 """
 from __future__ import annotations
 
@@ -48,21 +50,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grl_jax.models import ModelSpec, cfg_get, register, resnet
-from grl_jax.models import nvan as nvan_lib
+from grl_jax import schema
+from grl_jax.errors import ConfigError
+from grl_jax.models import ModelSpec, fields, layers, register, resnet
+from grl_jax.models.layers import bn_apply, softmax_attention, zero_init_bn
 
 Array = jax.Array
-
-# IAU convs: normal(0, sqrt(2 / (k·k·out_channels))) = He normal, fan-out (spec §B3.3).
-iau_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # Official masking constant (logit − W_id·1e8), kept rather than −inf for bit-faithfulness.
 MASK_PENALTY = 1e8
 
 
 def iau_dense(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
-  """A 1x1 conv of an IAU block: He fan-out normal weight, PyTorch default bias."""
-  return nn.Dense(features, use_bias=True, dtype=dtype, kernel_init=iau_kernel_init,
-                  bias_init=nvan_lib.torch_default_bias_init(fan_in), name=name)
+  """A 1x1 conv of an IAU block: normal(0, sqrt(2 / (k·k·out_channels))) = He fan-out normal
+  weight (spec §B3.3), PyTorch default bias."""
+  return layers.torch_dense(features, fan_in, dtype=dtype, name=name,
+                            kernel_init=layers.kaiming_fan_out_init)
 
 
 def stiau_mask(t: int, parts: int = 4) -> np.ndarray:
@@ -86,10 +88,10 @@ class CIAU(nn.Module):
     b, t, h, w, c = x.shape
     # Rows are (channel, frame) pairs, channel-major like the official view(b, c·t, h·w).
     g = x.transpose(0, 4, 1, 2, 3).reshape(b, c * t, h * w)
-    y = nvan_lib.softmax_attention(g, g, g, self.query_chunk)
+    y = softmax_attention(g, g, g, self.query_chunk)
     y = y.reshape(b, c, t, h, w).transpose(0, 2, 3, 4, 1).astype(self.dtype)
     y = iau_dense(c, c, 'conv', self.dtype)(y)
-    y = resnet.bn_apply(nvan_lib.zero_init_bn(train, 'bn'), y, self.dtype)
+    y = bn_apply(zero_init_bn(train, 'bn'), y, self.dtype)
     return (x + y).astype(x.dtype)
 
 
@@ -114,7 +116,7 @@ class STIAU(nn.Module):
     xf = x.astype(jnp.float32)
     u = jnp.mean(xf, axis=(1, 2, 3))                                      # [B, C]
     a = iau_dense(self.parts, c, 'sa_conv', self.dtype)(x)
-    a = jax.nn.sigmoid(resnet.bn_apply(resnet.batch_norm(train, name='sa_bn'), a, jnp.float32))
+    a = jax.nn.sigmoid(bn_apply(layers.batch_norm(train, name='sa_bn'), a, jnp.float32))
     # Attention-weighted SUM over the frame's positions (no division by the mask area).
     p = jnp.einsum('bthwk,bthwc->btkc', a, xf)                            # [B, T, parts, C]
     g = iau_dense(ci, c, 'g', self.dtype)
@@ -126,7 +128,7 @@ class STIAU(nn.Module):
     diff = jnp.abs(nodes[:, :, None, :] - nodes[:, None, :, :])           # [B, n, n, C']
     pair = jnp.concatenate([diff, jnp.broadcast_to(u_bar[:, None, None, :], diff.shape)], -1)
     e = iau_dense(1, 2 * ci, 'relation_conv', self.dtype)(pair.astype(self.dtype))
-    e = resnet.bn_apply(resnet.batch_norm(train, name='relation_bn'), e, jnp.float32)[..., 0]
+    e = bn_apply(layers.batch_norm(train, name='relation_bn'), e, jnp.float32)[..., 0]
     e = e - jnp.asarray(stiau_mask(t, self.parts)) * MASK_PENALTY
     weights = jax.nn.softmax(e, axis=-1)                                  # [B, n, n]
 
@@ -134,11 +136,11 @@ class STIAU(nn.Module):
     neighbours = jnp.einsum('bij,bjc->bic', weights, nodes)
     s = iau_dense(ci, 2 * ci, 'gconv_conv', self.dtype)(
         jnp.concatenate([nodes, neighbours], -1).astype(self.dtype))
-    s = nn.relu(resnet.bn_apply(resnet.batch_norm(train, name='gconv_bn'), s, jnp.float32))
+    s = nn.relu(bn_apply(layers.batch_norm(train, name='gconv_bn'), s, jnp.float32))
     s = jnp.mean(s.reshape(b, t, self.parts, ci), axis=2)                 # [B, T, C']
     v = jnp.concatenate([s, jnp.broadcast_to(u_bar[:, None, :], s.shape)], -1)  # [B, T, C]
     v = iau_dense(c, c, 'update_conv', self.dtype)(v.astype(self.dtype))
-    v = resnet.bn_apply(nvan_lib.zero_init_bn(train, 'update_bn'), v, jnp.float32)
+    v = bn_apply(zero_init_bn(train, 'update_bn'), v, jnp.float32)
     return (xf + v[:, :, None, None, :]).astype(x.dtype), a
 
 
@@ -173,48 +175,81 @@ class IAUnet(nn.Module):
     if frames.ndim != 5:
       raise ValueError(f'IAUnet: frames must be [B, T, H, W, 3], got {frames.shape}')
     b, t = frames.shape[:2]
-    x = frames.reshape(b * t, *frames.shape[2:])
-    x = resnet.stem(x, train, width=self.width, stem_relu=self.stem_relu, dtype=self.dtype)
-    num_stages = len(self.stage_sizes)
     maps = {}
-    for s in range(1, num_stages + 1):
-      stride = 1 if s == 1 else (self.last_stride if s == num_stages else 2)
-      x = resnet.make_stage(x, train, stage=s, num_blocks=self.stage_sizes[s - 1],
-                            width=self.width, stride=stride, dtype=self.dtype)
-      if s in self.iau_stages:   # [INFERRED] after the last bottleneck of res3 / res4.
-        clip = x.reshape(b, t, *x.shape[1:])
-        clip, maps[f'part_maps{s + 1}'] = IAUBlock(
-            self.seq_len, self.parts, self.ciau_query_chunk, self.dtype, name=f'iau{s}')(
-                clip, train)
-        x = clip.reshape(b * t, *x.shape[1:])
+
+    def after_block(stage: int, j: int, x: Array) -> Array:
+      # [INFERRED] after the last bottleneck of res3 / res4.
+      if stage not in self.iau_stages or j != self.stage_sizes[stage - 1] - 1:
+        return x
+      clip = x.reshape(b, t, *x.shape[1:])
+      clip, maps[f'part_maps{stage + 1}'] = IAUBlock(
+          self.seq_len, self.parts, self.ciau_query_chunk, self.dtype, name=f'iau{stage}')(
+              clip, train)
+      return clip.reshape(b * t, *x.shape[1:])
+
+    x = resnet.trunk(frames.reshape(b * t, *frames.shape[2:]), train,
+                     stage_sizes=self.stage_sizes, width=self.width,
+                     last_stride=self.last_stride, stem_relu=self.stem_relu, dtype=self.dtype,
+                     after_block=after_block)
     feature = jnp.mean(x.astype(jnp.float32).reshape(b, -1, x.shape[-1]), axis=1)
-    bn = resnet.batch_norm(train, name='bn')(feature)
+    bn = layers.batch_norm(train, name='bn')(feature)
     if not train:   # The classifier is train-only (initialise with train=True).
       return {'descriptor': bn, 'feature': feature}
-    logits = nn.Dense(self.num_classes, use_bias=True, dtype=jnp.float32,
-                      kernel_init=nvan_lib.torch_default_kernel_init(),
-                      bias_init=nvan_lib.torch_default_bias_init(feature.shape[-1]),
-                      name='classifier')(bn)
+    logits = layers.torch_dense(self.num_classes, feature.shape[-1], name='classifier')(bn)
     return {'feature': feature, 'bn_feature': bn, 'logits': logits, **maps}
+
+
+# ------------------------------------------------------------------------------------------------
+# config.model <-> IAUnet fields, config checks, registry.
+
+_TRUNK = ('stage_sizes', 'width', 'last_stride')
+
+
+def model_defaults() -> dict:
+  """config.model of IAUnet: the IAUnet dataclass defaults (`iau_stages` is not a field)."""
+  d = fields.defaults_of(IAUnet, exclude=_TRUNK + ('iau_stages',))
+  d['dtype'] = layers.dtype_name(d['dtype'])
+  return {'name': 'iaunet', **resnet.trunk_defaults(IAUnet), **d}
 
 
 def build_model(model_cfg: Any, num_classes: int) -> IAUnet:
   """IAUnet from `config.model` (fields in the module docstring)."""
-  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
-  seq_len = int(cfg_get(model_cfg, 'seq_len', 4))
+  v = fields.read(model_cfg, model_defaults(), 'config.model', "model 'iaunet'")
+  schema.check_choice(v['name'], ('iaunet',), 'config.model.name')
+  seq_len = int(v['seq_len'])
   if seq_len < 1:
-    raise ValueError(f'IAUnet: model.seq_len={seq_len}; expected >= 1')
+    raise ConfigError(f'config.model.seq_len={seq_len}: expected >= 1')
   return IAUnet(
       num_classes=int(num_classes),
-      stage_sizes=tuple(int(v) for v in stage_sizes),
-      width=int(cfg_get(model_cfg, 'resnet_width', 64)),
-      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
-      stem_relu=bool(cfg_get(model_cfg, 'stem_relu', True)),
+      **resnet.trunk_kwargs(v),
+      stem_relu=bool(v['stem_relu']),
       seq_len=seq_len,
-      parts=int(cfg_get(model_cfg, 'parts', 4)),
-      ciau_query_chunk=int(cfg_get(model_cfg, 'ciau_query_chunk', 0)),
-      dtype=nvan_lib.parse_dtype(cfg_get(model_cfg, 'dtype', 'float32'), 'model iaunet'),
+      parts=int(v['parts']),
+      ciau_query_chunk=int(v['ciau_query_chunk']),
+      dtype=layers.compute_dtype(v['dtype']),
   )
+
+
+def check_config(config: Any) -> None:
+  """IAUnet shape constraints on the full config (ConfigError naming the fields)."""
+  from grl_jax import objectives  # Lazy: keeps model import light.
+  m = build_model(config.model, 1)
+  loss = objectives.BNNeckObjective(config.get('loss'), 1)
+  if loss.triplet_feature not in ('feature', 'bn_feature'):
+    raise ConfigError(f'config.loss.triplet_feature={loss.triplet_feature!r}: IAUnet outputs '
+                      "'feature' (pre-BN) and 'bn_feature' (post-BN)")
+  t = int(config.data.seq_len)
+  if t > m.seq_len:
+    raise ConfigError(f'config.data.seq_len={t} exceeds config.model.seq_len={m.seq_len}: the '
+                      'STIAU node mask is built for model.seq_len frames, and every train and '
+                      f'test clip (test_sampling={config.data.test_sampling!r}) has '
+                      'data.seq_len frames')
+  if max(m.iau_stages) > len(m.stage_sizes):
+    raise ConfigError(f'config.model.stage_sizes={m.stage_sizes}: IAUnet places IAU blocks '
+                      f'after stages {tuple(m.iau_stages)}; expected at least '
+                      f'{max(m.iau_stages)} stages')
+  if m.parts < 1:
+    raise ConfigError(f'config.model.parts={m.parts}: expected >= 1')
 
 
 def _objective(loss_cfg: Any, num_classes: int):
@@ -222,7 +257,14 @@ def _objective(loss_cfg: Any, num_classes: int):
   return objectives.BNNeckObjective(loss_cfg, num_classes)
 
 
+def _loss_defaults() -> dict:
+  from grl_jax import objectives  # Lazy: keeps model import light.
+  return objectives.BNNeckObjective.defaults()
+
+
 @register('iaunet')
 def iaunet_spec() -> ModelSpec:
   # Image IAUnet / TCLNet test: post-BN feature, cosine distance.
-  return ModelSpec(build=build_model, objective=_objective, descriptor_distance='cosine')
+  return ModelSpec(build=build_model, objective=_objective, descriptor_distance='cosine',
+                   model_defaults=model_defaults, loss_defaults=_loss_defaults,
+                   check_config=check_config)

@@ -1,6 +1,7 @@
 """NVAN and STE-NVAN (Liu et al., BMVC 2019) as the released code builds them.
 
-Spec: shared/reference/nvan_iaunet.md Part A; official code: jackie840129/STE-NVAN (HEAD 3042bc8),
+Spec: nvan_iaunet.md Part A (the project's NVAN / IAUnet reference); official code:
+jackie840129/STE-NVAN (HEAD 3042bc8),
 `net/resnet.py` (blocks, backbones) and `net/models.py` (BNNeck head).
 
 Two registered models:
@@ -22,7 +23,8 @@ triplet input), `logits` f32[B, num_classes]; eval -> `descriptor` f32[B, 2048],
 with running statistics (the official test feature; compared with cosine distance), plus
 `feature`.
 
-Model config fields (`config.model`, all optional except `name`):
+Model config fields (`config.model`, read strictly: an unknown field is a ConfigError; the
+defaults are the `NVAN` dataclass fields, listed by `model_defaults(variant)`):
   resnet_depth (50), resnet_width (64: stem width; tests use tiny widths), last_stride (1),
   stem_relu (False: the released code has no ReLU after bn1), non_layers ((0, 2, 3, 0): NL blocks
   after the last k bottlenecks of layer1..4), stripes (16, STE-NVAN), nl_temporal_groups
@@ -43,88 +45,18 @@ small. The recompute costs one extra forward of the attention (~17 GMACs per cli
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grl_jax.models import ModelSpec, cfg_get, register, resnet
+from grl_jax import schema
+from grl_jax.errors import ConfigError
+from grl_jax.models import ModelSpec, fields, layers, register, resnet
+from grl_jax.models.layers import softmax_attention, torch_dense, zero_init_bn
 
 Array = jax.Array
-
-# ------------------------------------------------------------------------------------------------
-# Initialisers matching PyTorch defaults.
-
-
-def torch_default_kernel_init() -> Callable:
-  """nn.Conv/nn.Linear default weight init: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))."""
-  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_default_bias_init(fan_in: int) -> Callable:
-  """nn.Conv/nn.Linear default bias init: U(±1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-def torch_dense(features: int, fan_in: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
-  """A 1x1(x1) convolution with bias, initialised as PyTorch does."""
-  return nn.Dense(features, use_bias=True, dtype=dtype, name=name,
-                  kernel_init=torch_default_kernel_init(),
-                  bias_init=torch_default_bias_init(fan_in))
-
-
-def zero_init_bn(train: bool, name: str) -> nn.BatchNorm:
-  """The residual-update BN of a non-local block: gamma = beta = 0 (block = identity at init)."""
-  return resnet.batch_norm(train, name=name, scale_init=nn.initializers.zeros)
-
-
-# ------------------------------------------------------------------------------------------------
-# Attention core.
-
-
-def softmax_attention(q: Array, k: Array, v: Array, query_chunk: int = 0) -> Array:
-  """Y = softmax(Q Kᵀ) V per group, without the 1/sqrt(d) scaling (spec §A2).
-
-  Args:
-    q, k: [G, N, D] queries and keys; v: [G, N, Dv].
-    query_chunk: 0 computes the whole [G, N, N] affinity at once. Otherwise queries are processed
-      in chunks of this many rows inside a `lax.map`, each chunk rematerialised in the backward
-      pass (`jax.checkpoint`): the live affinity is [G, chunk, N] in both passes instead of
-      [G, N, N] (which, for NVAN's layer2 at the recipe batch, is 32·4096² floats = 2.1 GB per
-      block, kept for the backward pass). Softmax rows are independent, so the result is the
-      same up to float rounding.
-
-  Returns:
-    [G, N, Dv] float32.
-  """
-  q = q.astype(jnp.float32)
-  k = k.astype(jnp.float32)
-  v = v.astype(jnp.float32)
-  n = q.shape[1]
-
-  def rows(q_rows: Array) -> Array:
-    # No scaling makes the logits large (O(10^2..10^3)); keep them in true float32.
-    logits = jnp.einsum('gqd,gkd->gqk', q_rows, k, precision=jax.lax.Precision.HIGHEST)
-    attn = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum('gqk,gkd->gqd', attn, v, precision=jax.lax.Precision.HIGHEST)
-
-  if not query_chunk or query_chunk >= n:
-    return rows(q)
-  num_chunks = -(-n // query_chunk)
-  pad = num_chunks * query_chunk - n
-  if pad:
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0)))
-  g, _, d = q.shape
-  q_chunks = q.reshape(g, num_chunks, query_chunk, d).transpose(1, 0, 2, 3)
-  y = jax.lax.map(jax.checkpoint(rows), q_chunks)            # [chunks, G, chunk, Dv]
-  y = y.transpose(1, 0, 2, 3).reshape(g, num_chunks * query_chunk, v.shape[-1])
-  return y[:, :n]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,12 +83,12 @@ class NonLocalBlock(nn.Module):
     # θ and φ in float32 even under a bfloat16 trunk: the unscaled logits θφᵀ are O(10²-10³),
     # and bf16 embeddings would move them by whole units (spec §A9).
     xf = x.astype(jnp.float32)
-    theta = torch_dense(ci, c, 'theta', jnp.float32)(xf)
-    phi = torch_dense(ci, c, 'phi', jnp.float32)(xf)
-    g = torch_dense(ci, c, 'g', self.dtype)(x)
+    theta = torch_dense(ci, c, name='theta', dtype=jnp.float32)(xf)
+    phi = torch_dense(ci, c, name='phi', dtype=jnp.float32)(xf)
+    g = torch_dense(ci, c, name='g', dtype=self.dtype)(x)
     y = softmax_attention(theta, phi, g, self.query_chunk).astype(self.dtype)
-    w_y = torch_dense(c, ci, 'w_conv', self.dtype)(y)
-    w_y = resnet.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
+    w_y = torch_dense(c, ci, name='w_conv', dtype=self.dtype)(y)
+    w_y = layers.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
     return (w_y + x).astype(x.dtype)
 
 
@@ -201,12 +133,12 @@ class StripeNonLocalBlock(nn.Module):
     ci = self.inter_channels or max(c // 2, 1)
     p = stripe_pool(x, self.stripes).reshape(gr, t * self.stripes, c)
     pf = p.astype(jnp.float32)   # float32 logits, as in NonLocalBlock.
-    theta = torch_dense(ci, c, 'theta', jnp.float32)(pf)
-    phi = torch_dense(ci, c, 'phi', jnp.float32)(pf)
-    g = torch_dense(ci, c, 'g', self.dtype)(p)
+    theta = torch_dense(ci, c, name='theta', dtype=jnp.float32)(pf)
+    phi = torch_dense(ci, c, name='phi', dtype=jnp.float32)(pf)
+    g = torch_dense(ci, c, name='g', dtype=self.dtype)(p)
     y = softmax_attention(theta, phi, g).astype(self.dtype)
-    w_y = torch_dense(c, ci, 'w_conv', self.dtype)(y)
-    w_y = resnet.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
+    w_y = torch_dense(c, ci, name='w_conv', dtype=self.dtype)(y)
+    w_y = layers.bn_apply(zero_init_bn(train, 'w_bn'), w_y, self.dtype)
     w_y = stripe_broadcast(w_y.reshape(gr, t, self.stripes, c), h, w)
     return (w_y + x).astype(x.dtype)
 
@@ -226,17 +158,6 @@ def temporal_max_pool(frames: Array) -> Array:
 # ------------------------------------------------------------------------------------------------
 # The network.
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def parse_dtype(name: Any, owner: str) -> Any:
-  if not isinstance(name, str):
-    return name
-  if name not in _DTYPES:
-    raise ValueError(f'{owner}: model.dtype={name!r}; expected one of {sorted(_DTYPES)}')
-  return _DTYPES[name]
-
-
 def nl_positions(num_blocks: int, num_nl: int) -> tuple[int, ...]:
   """Bottleneck indices followed by a non-local block: the last `num_nl` of the stage.
 
@@ -244,8 +165,8 @@ def nl_positions(num_blocks: int, num_nl: int) -> tuple[int, ...]:
   i-th of them, e.g. layer3 (6 blocks, 3 NL): after b3, b4, b5.
   """
   if not 0 <= num_nl <= num_blocks:
-    raise ValueError(f'model.non_layers: {num_nl} non-local blocks requested in a stage of '
-                     f'{num_blocks} bottlenecks')
+    raise ConfigError(f'config.model.non_layers: {num_nl} non-local blocks requested in a '
+                      f'stage of {num_blocks} bottlenecks')
   return tuple(range(num_blocks - num_nl, num_blocks))
 
 
@@ -282,11 +203,9 @@ class NVAN(nn.Module):
 
   def _check(self, t: int) -> None:
     owner = f'{type(self).__name__}'
-    if self.nl_type not in ('full', 'stripe'):
-      raise ValueError(f"{owner}: nl_type={self.nl_type!r}; expected 'full' or 'stripe'")
-    if self.nl_temporal_groups not in ('clip', 'pairs'):
-      raise ValueError(f"{owner}: model.nl_temporal_groups={self.nl_temporal_groups!r}; "
-                       f"expected 'clip' or 'pairs'")
+    schema.check_choice(self.nl_type, schema.NL_TYPES, f'{owner}.nl_type')
+    schema.check_choice(self.nl_temporal_groups, schema.NL_TEMPORAL_GROUPS,
+                        'config.model.nl_temporal_groups')
     if len(self.non_layers) != len(self.stage_sizes):
       raise ValueError(f'{owner}: model.non_layers={tuple(self.non_layers)} needs one entry per '
                        f'stage ({len(self.stage_sizes)})')
@@ -317,20 +236,22 @@ class NVAN(nn.Module):
                        f'{frames.shape}')
     b, t = frames.shape[:2]
     self._check(t)
-    x = frames.reshape(b * t, *frames.shape[2:])
-    x = resnet.stem(x, train, width=self.width, stem_relu=self.stem_relu, dtype=self.dtype)
-    num_stages = len(self.stage_sizes)
-    for s in range(1, num_stages + 1):
-      stride = 1 if s == 1 else (self.last_stride if s == num_stages else 2)
-      after = nl_positions(self.stage_sizes[s - 1], self.non_layers[s - 1])
-      for j in range(self.stage_sizes[s - 1]):
-        x = resnet.Bottleneck(self.width * 2 ** (s - 1), stride if j == 0 else 1, j == 0,
-                              self.dtype, name=resnet.block_name(s, j))(x, train)
-        if j in after:
-          x = self._non_local(s, after.index(j), x, t, train)
-      if self.temporal_reduction and s in (2, 3):
+    positions = [nl_positions(n, k) for n, k in zip(self.stage_sizes, self.non_layers)]
+
+    def after_block(stage: int, j: int, x: Array) -> Array:
+      nonlocal t
+      if j in positions[stage - 1]:
+        x = self._non_local(stage, positions[stage - 1].index(j), x, t, train)
+      if (self.temporal_reduction and stage in (2, 3)
+          and j == self.stage_sizes[stage - 1] - 1):
         x = temporal_max_pool(x)
         t //= 2
+      return x
+
+    x = resnet.trunk(frames.reshape(b * t, *frames.shape[2:]), train,
+                     stage_sizes=self.stage_sizes, width=self.width,
+                     last_stride=self.last_stride, stem_relu=self.stem_relu, dtype=self.dtype,
+                     after_block=after_block)
     # 3D average pooling over (T', h, w) of each clip (`--temporal Done`).
     feature = jnp.mean(x.astype(jnp.float32).reshape(b, -1, x.shape[-1]), axis=1)
     # BNNeck: beta frozen at 0 in the official code (requires_grad False, init 0) == no bias.
@@ -347,38 +268,83 @@ class NVAN(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Registry.
+# config.model <-> NVAN fields, config checks, registry.
 
-# Per-model defaults that differ between the two registered names.
+# What differs between the two registered names: fixed architecture switches (not config
+# fields) and the default of `nl_temporal_groups`.
 _VARIANTS = {
     'nvan': dict(nl_type='full', temporal_reduction=False, nl_temporal_groups='clip'),
     'ste_nvan': dict(nl_type='stripe', temporal_reduction=True, nl_temporal_groups='pairs'),
 }
+_FIXED = ('nl_type', 'temporal_reduction')
+_TRUNK = ('stage_sizes', 'width', 'last_stride')
+
+
+def model_defaults(variant: str = 'nvan') -> dict:
+  """config.model of `variant`: the NVAN dataclass defaults, with the variant's own."""
+  d = fields.defaults_of(NVAN, exclude=_TRUNK + _FIXED)
+  d['nl_temporal_groups'] = _VARIANTS[variant]['nl_temporal_groups']
+  d['dtype'] = layers.dtype_name(d['dtype'])
+  return {'name': variant, **resnet.trunk_defaults(NVAN), **d}
 
 
 def build_model(model_cfg: Any, num_classes: int, variant: str | None = None) -> NVAN:
   """NVAN / STE-NVAN from `config.model` (fields in the module docstring)."""
-  variant = variant or cfg_get(model_cfg, 'name', 'nvan')
-  if variant not in _VARIANTS:
-    raise ValueError(f'nvan.build_model: model.name={variant!r}; expected one of '
-                     f'{sorted(_VARIANTS)}')
-  defaults = _VARIANTS[variant]
-  stage_sizes = resnet.stage_sizes_from_config(model_cfg)
+  variant = variant or fields.items(model_cfg, 'config.model').get('name') or 'nvan'
+  schema.check_choice(variant, tuple(_VARIANTS), 'config.model.name')
+  v = fields.read(model_cfg, model_defaults(variant), 'config.model', f'model {variant!r}')
+  schema.check_choice(v['name'], (variant,), 'config.model.name')
+  trunk = resnet.trunk_kwargs(v)
+  non_layers = tuple(int(k) for k in v['non_layers'])
+  if len(non_layers) != len(trunk['stage_sizes']):
+    raise ConfigError(f'config.model.non_layers={non_layers} needs one entry per stage of '
+                      f"stage_sizes={trunk['stage_sizes']}")
+  for n, k in zip(trunk['stage_sizes'], non_layers):
+    nl_positions(n, k)
   return NVAN(
       num_classes=int(num_classes),
-      stage_sizes=tuple(int(v) for v in stage_sizes),
-      width=int(cfg_get(model_cfg, 'resnet_width', 64)),
-      last_stride=int(cfg_get(model_cfg, 'last_stride', 1)),
-      stem_relu=bool(cfg_get(model_cfg, 'stem_relu', False)),
-      non_layers=tuple(int(v) for v in cfg_get(model_cfg, 'non_layers', (0, 2, 3, 0))),
-      nl_type=defaults['nl_type'],
-      stripes=int(cfg_get(model_cfg, 'stripes', 16)),
-      temporal_reduction=defaults['temporal_reduction'],
-      nl_temporal_groups=str(cfg_get(model_cfg, 'nl_temporal_groups',
-                                  defaults['nl_temporal_groups'])),
-      nl_query_chunk=int(cfg_get(model_cfg, 'nl_query_chunk', 1024)),
-      dtype=parse_dtype(cfg_get(model_cfg, 'dtype', 'float32'), f'model {variant}'),
+      **trunk,
+      stem_relu=bool(v['stem_relu']),
+      non_layers=non_layers,
+      nl_type=_VARIANTS[variant]['nl_type'],
+      stripes=int(v['stripes']),
+      temporal_reduction=_VARIANTS[variant]['temporal_reduction'],
+      nl_temporal_groups=schema.check_choice(str(v['nl_temporal_groups']),
+                                             schema.NL_TEMPORAL_GROUPS,
+                                             'config.model.nl_temporal_groups'),
+      nl_query_chunk=int(v['nl_query_chunk']),
+      dtype=layers.compute_dtype(v['dtype']),
   )
+
+
+def check_config(config: Any, variant: str) -> None:
+  """NVAN / STE-NVAN shape constraints on the full config (ConfigError naming the fields)."""
+  from grl_jax import objectives  # Lazy: keeps model import light.
+  m = build_model(config.model, 1, variant)
+  loss = objectives.BNNeckObjective(config.get('loss'), 1)
+  if loss.triplet_feature != 'feature':
+    raise ConfigError(f'config.loss.triplet_feature={loss.triplet_feature!r}: {variant} '
+                      "outputs only 'feature' (pre-BN) for the triplet loss")
+  if m.nl_query_chunk < 0:
+    raise ConfigError(f'config.model.nl_query_chunk={m.nl_query_chunk}: expected >= 0')
+  height, t = int(config.data.height), int(config.data.seq_len)
+  num_stages = len(m.stage_sizes)
+  if m.temporal_reduction and t % 4:
+    raise ConfigError(f'config.data.seq_len={t}: {variant} halves the clip length after '
+                      'layer2 and layer3 (temporal max pool of frame pairs), so it must be a '
+                      'multiple of 4 (recipe: 8)')
+  for s, k in enumerate(m.non_layers, start=1):
+    if k and m.nl_temporal_groups == 'pairs' and t % 2:
+      raise ConfigError(f'config.model.nl_temporal_groups=pairs: the non-local blocks of '
+                        f'layer{s} see {t} frames per clip (config.data.seq_len='
+                        f'{config.data.seq_len}), which cannot be paired')
+    h = resnet.feature_size(height, s, num_stages, m.last_stride)
+    if k and m.nl_type == 'stripe' and h % m.stripes:
+      raise ConfigError(f'config.model.stripes={m.stripes} must divide the layer{s} feature '
+                        f'height {h} (from config.data.height={height}), where stripe '
+                        'non-local blocks run')
+    if m.temporal_reduction and s in (2, 3):
+      t //= 2
 
 
 def _bnneck_objective(loss_cfg: Any, num_classes: int):
@@ -386,14 +352,25 @@ def _bnneck_objective(loss_cfg: Any, num_classes: int):
   return objectives.BNNeckObjective(loss_cfg, num_classes)
 
 
+def _loss_defaults() -> dict:
+  from grl_jax import objectives  # Lazy: keeps model import light.
+  return objectives.BNNeckObjective.defaults()
+
+
+def _spec(variant: str) -> ModelSpec:
+  # The official evaluation L2-normalises the BNNeck outputs and ranks by -cos (util/cmc.py).
+  return ModelSpec(build=functools.partial(build_model, variant=variant),
+                   objective=_bnneck_objective, descriptor_distance='cosine',
+                   model_defaults=functools.partial(model_defaults, variant),
+                   loss_defaults=_loss_defaults,
+                   check_config=functools.partial(check_config, variant=variant))
+
+
 @register('nvan')
 def nvan_spec() -> ModelSpec:
-  # The official evaluation L2-normalises the BNNeck outputs and ranks by -cos (util/cmc.py).
-  return ModelSpec(build=functools.partial(build_model, variant='nvan'),
-                   objective=_bnneck_objective, descriptor_distance='cosine')
+  return _spec('nvan')
 
 
 @register('ste_nvan')
 def ste_nvan_spec() -> ModelSpec:
-  return ModelSpec(build=functools.partial(build_model, variant='ste_nvan'),
-                   objective=_bnneck_objective, descriptor_distance='cosine')
+  return _spec('ste_nvan')

@@ -1,0 +1,148 @@
+"""Layers shared by the model families: PyTorch-default initialisers, BatchNorm, attention, dtype.
+
+Every family (grl_jax/models/{resnet,grl,nvan,iaunet}.py) builds its heads from these, so a
+PyTorch-matching detail (BN momentum, default Linear/Conv init, float32 statistics) is written
+once. Shapes are channels-last: a "dense" over the last axis is a 1x1(x1) convolution.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grl_jax import schema
+
+Array = jax.Array
+Dtype = Any
+
+# ------------------------------------------------------------------------------------------------
+# Initialisers.
+
+# nn.Conv2d / nn.Linear reset_parameters: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+# torchvision's fresh convs (kaiming_normal_, mode='fan_out', relu) and the IAU blocks'
+# normal(0, sqrt(2 / (k * k * out_channels))): the same He fan-out normal.
+kaiming_fan_out_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def torch_bias_init(fan_in: int) -> Callable:
+  """nn.Conv / nn.Linear default bias: U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
+                dtype: Dtype = jnp.float32, name: str | None = None,
+                kernel_init: Callable | None = None,
+                bias_init: Callable | None = None) -> nn.Dense:
+  """A PyTorch-initialised Linear / 1x1 conv over the last axis, float32 params.
+
+  x f[..., fan_in] -> f[..., features] in `dtype`. Defaults: U(+-1/sqrt(fan_in)) weight and
+  bias; `kernel_init` / `bias_init` replace them (e.g. He fan-out for the IAU convs).
+  """
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=kernel_init or torch_kernel_init,
+                  bias_init=bias_init or torch_bias_init(fan_in), name=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchNorm.
+
+
+def batch_norm(train: bool | None, *, name: str | None = None, axis_name: str | None = None,
+               scale_init: Callable = nn.initializers.ones) -> nn.BatchNorm:
+  """PyTorch-equivalent BatchNorm (momentum 0.1 == decay 0.9, eps 1e-5), computing in float32.
+
+  Normalises over every axis but the last (channels). gamma starts at 1 (PyTorch >= 1.2;
+  PyTorch 1.0/1.1 drew it from U(0, 1), see grl.md B15). `train=None` leaves the mode to the
+  call (`bn(x, use_running_average=not train)`), for modules defined in `setup`.
+  """
+  return nn.BatchNorm(use_running_average=None if train is None else not train,
+                      momentum=0.9, epsilon=1e-5,
+                      dtype=jnp.float32, param_dtype=jnp.float32, scale_init=scale_init,
+                      axis_name=axis_name, name=name)
+
+
+def zero_init_bn(train: bool, name: str) -> nn.BatchNorm:
+  """The residual-update BN of a non-local / IAU block: gamma = beta = 0 (identity at init)."""
+  return batch_norm(train, name=name, scale_init=nn.initializers.zeros)
+
+
+def bn_apply(bn: Callable[[Array], Array], x: Array, dtype: Dtype) -> Array:
+  """Normalises in float32 (statistics of bf16 activations are too coarse), returns `dtype`."""
+  return bn(x.astype(jnp.float32)).astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Normalisation and attention.
+
+
+def l2_normalize(x: Array, eps: float | None) -> Array:
+  """x / max(||x||, eps) along the last axis (F.normalize); eps=None divides by the plain norm."""
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return x / (norm if eps is None else jnp.maximum(norm, eps))
+
+
+def softmax_attention(q: Array, k: Array, v: Array, query_chunk: int = 0) -> Array:
+  """Y = softmax(Q Kᵀ) V per group, without the 1/sqrt(d) scaling (nvan_iaunet.md §A2).
+
+  Args:
+    q, k: [G, N, D] queries and keys; v: [G, N, Dv].
+    query_chunk: 0 computes the whole [G, N, N] affinity at once. Otherwise queries are processed
+      in chunks of this many rows inside a `lax.map`, each chunk rematerialised in the backward
+      pass (`jax.checkpoint`): the live affinity is [G, chunk, N] in both passes instead of
+      [G, N, N] (which, for NVAN's layer2 at the recipe batch, is 32·4096² floats = 2.1 GB per
+      block, kept for the backward pass). Softmax rows are independent, so the result is the
+      same up to float rounding.
+
+  Returns:
+    [G, N, Dv] float32.
+  """
+  q = q.astype(jnp.float32)
+  k = k.astype(jnp.float32)
+  v = v.astype(jnp.float32)
+  n = q.shape[1]
+
+  def rows(q_rows: Array) -> Array:
+    # No scaling makes the logits large (O(10^2..10^3)); keep them in true float32.
+    logits = jnp.einsum('gqd,gkd->gqk', q_rows, k, precision=jax.lax.Precision.HIGHEST)
+    attn = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum('gqk,gkd->gqd', attn, v, precision=jax.lax.Precision.HIGHEST)
+
+  if not query_chunk or query_chunk >= n:
+    return rows(q)
+  num_chunks = -(-n // query_chunk)
+  pad = num_chunks * query_chunk - n
+  if pad:
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0)))
+  g, _, d = q.shape
+  q_chunks = q.reshape(g, num_chunks, query_chunk, d).transpose(1, 0, 2, 3)
+  y = jax.lax.map(jax.checkpoint(rows), q_chunks)            # [chunks, G, chunk, Dv]
+  y = y.transpose(1, 0, 2, 3).reshape(g, num_chunks * query_chunk, v.shape[-1])
+  return y[:, :n]
+
+
+# ------------------------------------------------------------------------------------------------
+# Compute dtype.
+
+
+def compute_dtype(name: Any, where: str = 'config.model.dtype') -> Any:
+  """The jnp dtype of a `schema.DTYPES` name ('float32' -> jnp.float32); ConfigError otherwise.
+
+  Params, BN statistics and model outputs stay float32 whatever this is; it sets the dtype of
+  convolutions and activations.
+  """
+  if not isinstance(name, str):  # already a dtype (library callers): checked by its name
+    name = dtype_name(name)
+  return getattr(jnp, schema.check_choice(name, schema.DTYPES, where))
+
+
+def dtype_name(dtype: Any) -> str:
+  """'float32' for jnp.float32 (the config spelling of a module's `dtype` field)."""
+  return jnp.dtype(dtype).name
