@@ -42,13 +42,17 @@ def locked_config(config_dict: dict):
 
 
 def _user_message(error: BaseException) -> str | None:
-  """The message of a GrlJaxError anywhere in `error`'s chain, or in its formatted text."""
-  seen = error
+  """The message of a GrlJaxError anywhere in `error`'s chain, or in its formatted text (an
+  exception raised in `get_config` reaches us re-raised with the traceback as its text)."""
+  seen, text = error, str(error)
   while seen is not None:
     if isinstance(seen, GrlJaxError):
-      return str(seen)
+      text = str(seen)
+      if '\n' not in text.strip():
+        return text.strip()
+      break
     seen = seen.__cause__ or seen.__context__
-  for line in reversed(str(error).splitlines()):
+  for line in reversed(text.splitlines()):
     match = _LAST_ERROR_LINE.match(line)
     if match and match.group(1) in ('ConfigError', 'DatasetError'):
       return match.group(2)
@@ -92,9 +96,8 @@ def parse_flags(prog: str, argv: list[str]) -> list[str]:
   except flags.Error as e:
     message = _user_message(e)
     if message is None:
-      message = str(e).splitlines()[0]
-      if 'Error whilst parsing config file' in message or not message:
-        message = _user_message(e) or str(e).strip().splitlines()[-1]
+      lines = str(e).strip().splitlines()
+      message = lines[0] if len(lines) == 1 else lines[-1]
     fail(prog, message)
   except (AttributeError, KeyError, OSError) as e:
     # ml_collections applies `--config.x.y=v` by attribute access: an unknown field escapes as

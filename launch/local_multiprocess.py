@@ -44,8 +44,7 @@ def launch(args: list[str], processes: int, devices_per_process: int, timeout: f
     env.update(GRL_JAX_COORDINATOR=f'127.0.0.1:{port}', GRL_JAX_NUM_PROCESSES=str(processes),
                GRL_JAX_PROCESS_ID=str(i), GRL_JAX_INIT_TIMEOUT=str(int(min(timeout, 300))),
                TF_CPP_MIN_LOG_LEVEL='2',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-               PYTHONPATH=REPO + os.pathsep + env.get('PYTHONPATH', ''))
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
     procs.append(subprocess.Popen([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   pumps = [threading.Thread(target=_pump, args=(p, f'[p{i}]'), daemon=True)

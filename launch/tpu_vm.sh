@@ -33,7 +33,7 @@ case "$cmd" in
       -czf /tmp/grl_jax_src.tgz .
     gcloud compute tpus tpu-vm scp /tmp/grl_jax_src.tgz "$TPU_NAME":/tmp/ --zone "$ZONE" --worker=all
     ssh_all "mkdir -p $REMOTE_DIR && tar -C $REMOTE_DIR -xzf /tmp/grl_jax_src.tgz && cd $REMOTE_DIR \
-      && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt \
+      && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e . \
       && .venv/bin/pip install -q 'jax[tpu]==0.10.2'" ;;
   train)
     config=${1:?config, e.g. configs/mars.py:model=grl,accel=tpu}; name=${2:?run name}; shift 2

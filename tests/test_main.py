@@ -7,7 +7,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 
 from tests import helpers as c
@@ -37,6 +39,46 @@ def test_bad_input_is_reported_before_any_compute(tmp_path):
   rc, out = _main('--config=configs/demo.py', '--config.train.global_batch_size=7',
                   f'--workdir={tmp_path}/w')
   assert rc == 1 and 'even batch' in out, out
+
+
+def _one_line_error(rc: int, out: str, *expected: str):
+  lines = [line for line in out.splitlines() if line.strip() and 'oneDNN' not in line
+           and 'absl::InitializeLog' not in line]
+  assert rc == 1, out
+  assert len(lines) == 1 and lines[0].startswith('grl_jax: error: '), out
+  assert 'Traceback' not in out and '[init]' not in out, out
+  for text in expected:
+    assert text in lines[0], (text, out)
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+  work = f'--workdir={tmp_path}/w'
+  # An unknown override (absl would print a 51-line AttributeError traceback).
+  _one_line_error(*_main('--config=configs/demo.py', '--config.train.nope=1', work),
+                  '--config.train.nope', "config.train has no field 'nope'", 'global_batch_size')
+  _one_line_error(*_main('--config=configs/demo.py', '--config.trian.steps=1', work),
+                  "config has no field 'trian'")
+  # An unknown config argument, and a config file that does not exist.
+  _one_line_error(*_main('--config=configs/demo.py:modle=grl', work),
+                  "config argument 'modle'", 'known')
+  _one_line_error(*_main('--config=configs/nope.py', work), '--config', 'configs/nope.py')
+  # An override of the wrong type, and an enum value that does not exist.
+  _one_line_error(*_main('--config=configs/demo.py', '--config.train.global_batch_size=x', work),
+                  'global_batch_size')
+  _one_line_error(*_main('--config=configs/demo.py', '--config.data.protocol=market', work),
+                  "config.data.protocol='market'", 'official')
+  # eval of a workdir without a checkpoint.
+  _one_line_error(*_main('--mode=eval', work), 'no checkpoint directory')
+  # Model shape constraints that would otherwise surface only while tracing the step.
+  t = time.time()
+  _one_line_error(*_main('--config=configs/demo.py:model=ste_nvan', '--config.model.stripes=5',
+                         work), 'config.model.stripes=5', 'feature height 8')
+  _one_line_error(*_main('--config=configs/demo.py:model=iaunet', '--config.data.seq_len=12',
+                         work), 'config.data.seq_len=12 exceeds config.model.seq_len=4')
+  _one_line_error(*_main('--config=configs/demo.py:model=ste_nvan', '--config.data.seq_len=6',
+                         work), 'config.data.seq_len=6', 'multiple of 4')
+  # Reported before any compilation: each command is interpreter start-up plus imports.
+  assert time.time() - t < 90, time.time() - t
 
 
 def test_demo_cli_preempt_resume_eval_extract(tmp_path):
@@ -117,3 +159,49 @@ def test_two_processes_train_like_one_host_of_a_cluster(tmp_path):
   assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3]
   assert [r['step'] for r in records if r['kind'] == 'eval'] == [3]
   assert os.listdir(work / 'checkpoints') == ['3']
+
+
+def _eval_only_dataset(root) -> str:
+  """A custom CSV with query and gallery rows only (no training tracklets), 32 x 16 frames."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rows = ['path,pid,camid,tracklet,split']
+  rng = np.random.default_rng(0)
+  for pid in range(3):
+    colour = rng.integers(0, 255, 3)
+    for split, cam in (('query', 0), ('gallery', 1), ('gallery', 2)):
+      for f in range(4):
+        rel = f'{split}/{pid}_{cam}/{f}.png'
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img = np.clip(colour + rng.normal(0, 20, (32, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / rel)
+        rows.append(f'{rel},{pid},{cam},{split}{pid}_{cam},{split}')
+  (root / 'dataset.csv').write_text('\n'.join(rows) + '\n')
+  return str(root / 'dataset.csv')
+
+
+def test_eval_and_extract_need_no_training_tracklets(tmp_path):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from grl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from grl_jax.trainer import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  csv = _eval_only_dataset(tmp_path / 'data')
+  config = demo.get_config('ids=4')
+  config.unlock()
+  config.data.update(dict(dataset='custom', root=csv, protocol='torchreid', height=32,
+                          width=16, seq_len=4))
+  config.data.synthetic.enabled = False
+  config.model.resnet_width = 4
+  config.eval.batch_size = 4
+  config.eval.ranked_list = False
+  setup = setup_lib.build(config, num_classes=0, steps_per_epoch=1, train=False)
+  state = setup.init_state(0)
+  work = tmp_path / 'w'
+  checkpoint.write_variables(str(work), jax.device_get(state.variables), config, step=7)
+  rc, out = _main('--mode=eval', f'--workdir={work}')
+  assert rc == 0 and 'mAP' in out and 'step 7' in out, out
+  rc, out = _main('--mode=extract', '--split=gallery', f'--workdir={work}',
+                  f'--output={tmp_path}/g.npz')
+  assert rc == 0, out
+  assert np.load(tmp_path / 'g.npz')['features'].shape == (6, 3 * 32 * 4)
+  # Extracting a split the dataset does not have is a one-line error naming it.
+  _one_line_error(*_main('--mode=extract', '--split=train', f'--workdir={work}'),
+                  '--split=train', 'no train tracklets')
