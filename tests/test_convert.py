@@ -1,10 +1,15 @@
 """Converter: fake official / torchvision state dicts built from the official module structure."""
+import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from grl_jax import convert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARS = os.path.join(REPO, 'configs', 'mars.py')
 
 RNG = np.random.default_rng(0)
 WIDTH, STAGES = 4, (2, 1, 1, 1)
@@ -147,7 +152,8 @@ def test_torchvision_npz_without_torch(tmp_path):
   np.savez(tmp_path / 'r50.npz', **state)
   out = tmp_path / 'ckpt'
   convert.main(['--format=torchvision-resnet50', f'--input={tmp_path / "r50.npz"}',
-                f'--output={out}', '--config.model.dtype=bfloat16'])
+                f'--output={out}', f'--config={MARS}:model=grl',
+                '--config.model.dtype=bfloat16'])
   assert 'torch' not in sys.modules
   variables, meta = checkpoint.restore_variables(str(out))
   model = meta['config']['model']
@@ -162,19 +168,25 @@ def test_torchvision_npz_without_torch(tmp_path):
   assert 'gce' in variables['params'] and 'siamese' in variables['params']  # fresh init
 
 
-def test_grl_official_cli_with_npz_files(tmp_path):
+def test_grl_official_cli_with_npz_files(tmp_path, capsys):
   from grl_jax import checkpoint
   cnn, siamese = official_state(first_commit=True)
   np.savez(tmp_path / 'cnn.npz', **cnn)
   np.savez(tmp_path / 'siamese.npz', **siamese)
   convert.main(['--format=grl-official', f'--input={tmp_path / "cnn.npz"}',
-                f'--siamese={tmp_path / "siamese.npz"}', f'--output={tmp_path / "out"}'])
+                f'--siamese={tmp_path / "siamese.npz"}', f'--output={tmp_path / "out"}',
+                f'--config={MARS}:model=grl'])
   variables, meta = checkpoint.restore_variables(str(tmp_path / 'out'))
   assert meta['config']['model']['accumulation'] == 'se'
   assert meta['config']['data']['test_sampling']  # a full config for inference
   exported = convert.export_state_dict(variables)
   key = 'module.temporal_reciprocal_learning.uncorr_memo_backward.se.fc.2.weight'
   np.testing.assert_array_equal(exported[key], cnn[key])
+  # The step exists: a one-line error before any compute, the checkpoint is untouched.
+  _one_line_error(capsys, ['--format=grl-official', f'--input={tmp_path / "cnn.npz"}',
+                           f'--siamese={tmp_path / "siamese.npz"}',
+                           f'--output={tmp_path / "out"}', f'--config={MARS}:model=grl'],
+                  'step 0 is already written')
 
 
 def test_unknown_override_and_format_errors(tmp_path):
@@ -183,5 +195,89 @@ def test_unknown_override_and_format_errors(tmp_path):
   cnn, siamese = official_state()
   np.savez(tmp_path / 'cnn.npz', **cnn)
   with pytest.raises(ValueError, match='--siamese'):
-    convert.main(['--format=grl-official', f'--input={tmp_path / "cnn.npz"}',
-                  f'--output={tmp_path / "o"}'])
+    convert.run(['--format=grl-official', f'--input={tmp_path / "cnn.npz"}',
+                 f'--output={tmp_path / "o"}', f'--config={MARS}:model=grl'])
+
+
+def test_format_table_keeps_every_format_name():
+  assert set(convert.FORMATS) == {
+      'torchvision-resnet50', 'torchvision-resnet50-nvan', 'torchvision-resnet50-ste-nvan',
+      'torchvision-resnet50-iaunet', 'grl-official', 'nvan-official', 'ste-nvan-official'}
+  assert {f.model for f in convert.FORMATS.values()} == {'grl', 'nvan', 'ste_nvan', 'iaunet'}
+  assert issubclass(convert.ConversionError, ValueError)
+
+
+def _one_line_error(capsys, argv, match):
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(argv)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('convert: error: '), err
+  assert match in err[0], err[0]
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+  cnn, siamese = official_state()
+  np.savez(tmp_path / 'cnn.npz', **cnn)
+  np.savez(tmp_path / 'siamese.npz', **siamese)
+  base = ['--format=grl-official', f'--input={tmp_path / "cnn.npz"}',
+          f'--output={tmp_path / "o"}']
+  grl = f'--config={MARS}:model=grl'
+  _one_line_error(capsys, base + [grl], '--siamese')
+  _one_line_error(capsys, base + [f'--siamese={tmp_path / "siamese.npz"}'], '--config')
+  _one_line_error(capsys, base + [f'--siamese={tmp_path / "nope.npz"}', grl],
+                  f'no such file: {tmp_path / "nope.npz"}')
+  # The config names another model than the weights: both are named.
+  _one_line_error(capsys, base + [f'--siamese={tmp_path / "siamese.npz"}',
+                                  f'--config={MARS}:model=nvan'], "'grl' weights")
+  _one_line_error(capsys, base + [f'--siamese={tmp_path / "siamese.npz"}',
+                                  f'--config={MARS}:model=nvan'], "config.model.name='nvan'")
+  # An explicit architecture override wins over the weights, so the shapes disagree.
+  _one_line_error(capsys, base + [f'--siamese={tmp_path / "siamese.npz"}', grl,
+                                  '--config.model.trl_reduction=8'],
+                  "'module.temporal_learning_block.channel_atte_backward_corr.0.weight' has "
+                  'shape (8, 128), expected (16, 128)')
+  _one_line_error(capsys, ['--format=nope', '--input=x', '--output=y', grl], 'nope')
+  _one_line_error(capsys, base + [grl, '--config.model.nope=1'], "'nope'")
+  _one_line_error(capsys, base + [f'--config={tmp_path / "missing_config.py"}'],
+                  'missing_config.py')
+  _one_line_error(capsys, base + [f'--config={MARS}:model=foo'], "model='foo'")
+  # A one-file format given --siamese.
+  _one_line_error(capsys, ['--format=torchvision-resnet50', f'--input={tmp_path / "cnn.npz"}',
+                           f'--siamese={tmp_path / "siamese.npz"}', f'--output={tmp_path}',
+                           grl], '--format=torchvision-resnet50 reads one file')
+
+
+def test_unreadable_sources_name_the_file(tmp_path):
+  bad_npz = tmp_path / 'bad.npz'
+  bad_npz.write_bytes(b'not a zip file')
+  with pytest.raises(convert.ConversionError, match=f'{bad_npz}: not a readable .npz'):
+    convert.load_state_dict(str(bad_npz))
+  pickled = tmp_path / 'objects.npz'
+  np.savez(pickled, a=np.array([{'x': 1}], dtype=object))
+  with pytest.raises(convert.ConversionError, match=f'{pickled}: not a readable .npz'):
+    convert.load_state_dict(str(pickled))
+  junk = tmp_path / 'junk.pth'
+  junk.write_bytes(b'\x80\x04not a checkpoint')
+  try:
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(convert.ConversionError, match=f'reading {junk} needs PyTorch'):
+      convert.load_state_dict(str(junk))
+  else:
+    with pytest.raises(convert.ConversionError,
+                       match=f'{junk}: refused: not loadable with weights_only=True'):
+      convert.load_state_dict(str(junk))
+
+
+def test_python_m_convert_prints_one_line(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'grl_jax.convert', '--format=torchvision-resnet50',
+       f'--input={tmp_path / "missing.pth"}', f'--output={tmp_path / "o"}',
+       f'--config={MARS}:model=grl'], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'convert: error: no such file: {tmp_path / "missing.pth"}')
+  assert 'Traceback' not in proc.stderr

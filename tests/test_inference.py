@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from grl_jax import convert, inference
-from tests.test_convert import official_state
+from tests.test_convert import MARS, official_state
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255
 STD = np.array([0.229, 0.224, 0.225]) * 255
@@ -18,6 +18,7 @@ def extractor(tmp_path_factory):
   np.savez(tmp / 'siamese.npz', **siamese)
   convert.main(['--format=grl-official', f'--input={tmp / "cnn.npz"}',
                 f'--siamese={tmp / "siamese.npz"}', f'--output={tmp / "ckpt"}',
+                f'--config={MARS}:model=grl',
                 f'--config.data.seq_len={T}', '--config.data.test_sampling=dense',
                 '--config.eval.batch_size=4'])
   return inference.load(str(tmp / 'ckpt'))
