@@ -6,8 +6,9 @@
 Reads a MARS-layout tree at --root (a synthetic one is generated there with
 `data_pipeline.synthetic` if absent), then times --steps batches of the GRL training recipe:
 pair sampler, RRS, 256x128 frames, clip-consistent flip and per-frame random erasing, uint8
-output (--eval: the evaluation iterator over dense clips instead). Prints clips/s, frames/s, the load average before/after (the machine may be shared)
-and the process CPU time per clip.
+output (--eval: the evaluation iterator over dense clips instead). Prints clips/s, frames/s,
+the load average before/after (the machine may be shared) and the process CPU time per clip.
+Needs the repo installed (`pip install -e .`).
 """
 from __future__ import annotations
 
@@ -19,10 +20,6 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import ml_collections  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 
 def _load_train_index(root: str, ids: int, height: int, width: int):
@@ -58,8 +55,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   index = _load_train_index(args.root, args.ids, args.height, args.width)
+  from configs import base  # pylint: disable=g-import-not-at-top
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(
+  cfg = base.base_config().data  # every field from the one set of defaults, then the flags
+  cfg.update(dict(
       height=args.height, width=args.width, seq_len=args.seq_len, train_sampling='rrs',
       test_sampling='rrs_test', batch_sampler=args.sampler, flip=not args.no_flip,
       erasing_prob=args.erasing_prob, erasing_mode=args.erasing_mode, pad_crop=args.pad_crop,
@@ -80,6 +79,7 @@ def main(argv=None) -> int:
     checksum += int(batch['frames'][:, :, ::64, ::32].sum())  # touch the data
   wall = time.perf_counter() - t0
   cpu = time.process_time() - cpu0
+  it.close()  # a still-prefetching tf.data iterator can deadlock the interpreter's exit
   clips = args.steps * args.batch
   result = {
       'clips_per_s': round(clips / wall, 1),

@@ -6,14 +6,14 @@ process) is exactly step s of a fresh one. The plan of the current epoch is cach
 
 Two samplers:
 
-* `pair` (GRL `RandomPairSamplerForMars`, grl.md §7.2): each epoch visits a permutation of all
-  N training tracklets; every anchor is followed by a partner of the same identity, from another
-  camera when the identity has several cameras, else another tracklet of the same camera, else
-  the anchor itself. A batch of B rows is B/2 pairs [a0, p0, a1, p1, ...]; the last incomplete
+* `pair` (GRL `RandomPairSamplerForMars`): each epoch visits a permutation of all N training
+  tracklets; every anchor is followed by a partner of the same identity, from another camera
+  when the identity has several cameras, else another tracklet of the same camera, else the
+  anchor itself. A batch of B rows is B/2 pairs [a0, p0, a1, p1, ...]; the last incomplete
   batch is dropped, so steps_per_epoch = floor(2N / B).
-* `pk` (STE-NVAN `Video_train_Dataset`, nvan_iaunet.md §A5): each epoch visits a permutation of
-  the identities; every identity contributes K tracklets; a batch is P identities (rows
-  [id0 x K, id1 x K, ...]); steps_per_epoch = floor(num_ids / P). Tracklet choice within an
+* `pk` (STE-NVAN `Video_train_Dataset`): each epoch visits a permutation of the identities;
+  every identity contributes K tracklets; a batch is P identities (rows [id0 x K, id1 x K,
+  ...]); steps_per_epoch = floor(num_ids / P). Tracklet choice within an
   identity (`pk_mode`):
     - 'replace' (STE-NVAN default, `cam_type='normal'`): K draws with replacement, any camera.
     - 'distinct': without replacement when the identity has >= K tracklets, else with
@@ -22,8 +22,9 @@ Two samplers:
       repeated until there are K, and one random tracklet from each.
 
 In a multi-process run every process computes the same global batch and keeps a contiguous
-slice of whole pairs / identities (fast-reid's trick, ecosystem.md §B.5 item 5), so pair- or
-identity-based losses and per-device BatchNorm see complete groups.
+slice of whole pairs / identities (fast-reid's trick), so pair- or identity-based losses and
+per-device BatchNorm see complete groups. Sampler names and pk modes are keyed by
+`grl_jax.schema.BATCH_SAMPLERS` / `PK_MODES`; a bad batch composition raises ConfigError.
 """
 from __future__ import annotations
 
@@ -33,9 +34,8 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline.index import TrackletIndex
-
-SAMPLERS = ('pair', 'pk')
-PK_MODES = ('replace', 'distinct', 'cross_cam')
+from grl_jax import schema
+from grl_jax.errors import ConfigError
 
 
 class _EpochPlanned:
@@ -79,7 +79,7 @@ class _EpochPlanned:
     """Rows per process; raises unless every process gets the same number of whole groups."""
     groups = self.global_batch_size // self.group_size
     if process_count < 1 or groups % process_count:
-      raise ValueError(
+      raise ConfigError(
           f'global_batch_size={self.global_batch_size} holds {groups} groups of '
           f'{self.group_size} ({type(self).__name__}); it must split into whole groups over '
           f'process_count={process_count} processes, i.e. global_batch_size must be a multiple '
@@ -103,13 +103,13 @@ class PairSampler(_EpochPlanned):
     super().__init__(seed)
     n = len(index)
     if global_batch_size < 2 or global_batch_size % 2:
-      raise ValueError(f'pair sampler: global_batch_size={global_batch_size} must be a '
-                       'positive even number (B/2 anchor-partner pairs)')
+      raise ConfigError(f'pair sampler: global_batch_size={global_batch_size} must be a '
+                        'positive even number (B/2 anchor-partner pairs)')
     self.global_batch_size = int(global_batch_size)
     self.steps_per_epoch = (2 * n) // self.global_batch_size
     if self.steps_per_epoch < 1:
-      raise ValueError(f'pair sampler: {n} training tracklets give {2 * n} clips per epoch, '
-                       f'fewer than global_batch_size={global_batch_size}')
+      raise ConfigError(f'pair sampler: {n} training tracklets give {2 * n} clips per epoch, '
+                        f'fewer than global_batch_size={global_batch_size}')
     self.num_tracklets = n
     # Partner candidates of each tracklet, stored CSR-style (offsets into one flat array).
     pids, cams = np.asarray(index.pids), np.asarray(index.camids)
@@ -149,24 +149,23 @@ class PKSampler(_EpochPlanned):
   def __init__(self, index: TrackletIndex, *, global_batch_size: int, seed: int,
                p: Optional[int] = None, k: Optional[int] = None, pk_mode: str = 'replace'):
     super().__init__(seed)
-    if pk_mode not in PK_MODES:
-      raise ValueError(f'pk_mode={pk_mode!r}: expected one of {PK_MODES}')
+    schema.check_choice(pk_mode, schema.PK_MODES, 'config.data.pk_mode')
     if k is None and p is None:
       k = 4
     if k is None:
       if global_batch_size % p:
-        raise ValueError(f'pk sampler: global_batch_size={global_batch_size} is not a '
-                         f'multiple of p={p}')
+        raise ConfigError(f'pk sampler: global_batch_size={global_batch_size} is not a '
+                          f'multiple of p={p}')
       k = global_batch_size // p
     if p is None:
       if global_batch_size % k:
-        raise ValueError(f'pk sampler: global_batch_size={global_batch_size} is not a '
-                         f'multiple of k={k}')
+        raise ConfigError(f'pk sampler: global_batch_size={global_batch_size} is not a '
+                          f'multiple of k={k}')
       p = global_batch_size // k
     p, k = int(p), int(k)
     if p < 1 or k < 1 or p * k != global_batch_size:
-      raise ValueError(f'pk sampler: p={p} x k={k} must equal '
-                       f'global_batch_size={global_batch_size}')
+      raise ConfigError(f'pk sampler: p={p} x k={k} must equal '
+                        f'global_batch_size={global_batch_size}')
     self.p, self.k, self.pk_mode = p, k, pk_mode
     self.group_size = k
     self.global_batch_size = int(global_batch_size)
@@ -176,7 +175,7 @@ class PKSampler(_EpochPlanned):
     self._member_cams = [cams[m] for m in self._members]
     self.steps_per_epoch = len(self.ids) // p
     if self.steps_per_epoch < 1:
-      raise ValueError(f'pk sampler: {len(self.ids)} identities, fewer than p={p}')
+      raise ConfigError(f'pk sampler: {len(self.ids)} identities, fewer than p={p}')
 
   def _draw(self, rng: np.random.Generator, j: int) -> np.ndarray:
     members, k = self._members[j], self.k
@@ -192,6 +191,18 @@ class PKSampler(_EpochPlanned):
   def _plan_epoch(self, rng: np.random.Generator) -> np.ndarray:
     id_order = rng.permutation(len(self.ids))
     return np.concatenate([self._draw(rng, j) for j in id_order])
+
+
+def _pair_sampler(index: TrackletIndex, *, global_batch_size: int, seed: int,
+                  p: Optional[int], k: Optional[int], pk_mode: str) -> PairSampler:
+  del p, pk_mode  # a pair is K=2 of one identity; P = B / 2
+  if k not in (None, 2):
+    raise ConfigError(f'config.data.k={k}: the pair sampler has K=2 (leave p/k at 0)')
+  return PairSampler(index, global_batch_size=global_batch_size, seed=seed)
+
+
+# config.data.batch_sampler -> constructor; keys are exactly schema.BATCH_SAMPLERS.
+_SAMPLERS = {'pair': _pair_sampler, 'pk': PKSampler}
 
 
 def make_batch_sampler(kind: str, index: TrackletIndex, *, global_batch_size: int, seed: int,
@@ -211,11 +222,6 @@ def make_batch_sampler(kind: str, index: TrackletIndex, *, global_batch_size: in
     An object with `steps_per_epoch`, `global_batch(step) -> int32[B]` and
     `local_batch(step, process_index, process_count) -> int32[B / process_count]`.
   """
-  if kind == 'pair':
-    if k not in (None, 2):
-      raise ValueError(f'pair sampler: k={k}; pairs have K=2 (leave p/k unset)')
-    return PairSampler(index, global_batch_size=global_batch_size, seed=seed)
-  if kind == 'pk':
-    return PKSampler(index, global_batch_size=global_batch_size, seed=seed, p=p, k=k,
-                     pk_mode=pk_mode)
-  raise ValueError(f'batch_sampler={kind!r}: expected one of {SAMPLERS}')
+  schema.check_choice(kind, schema.BATCH_SAMPLERS, 'config.data.batch_sampler')
+  return _SAMPLERS[kind](index, global_batch_size=global_batch_size, seed=seed, p=p, k=k,
+                         pk_mode=pk_mode)

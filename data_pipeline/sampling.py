@@ -6,25 +6,25 @@ indices in [0, n), in temporal order. Training modes take a random source `rng`:
 e.g. `(seed, step, position)`), so a draw is a pure function of its key. Test modes are
 deterministic and return every clip of the tracklet as int32[num_clips, T].
 
-Modes (the code path each one reproduces):
+Modes, keyed by `grl_jax.schema.TRAIN_SAMPLINGS` / `TEST_SAMPLINGS` (the code path each one
+reproduces):
 
-* `rrs_train` / `rrs_test`: restricted random sampling of GRL and STE-NVAN (grl.md §7.3/§8.1,
-  nvan_iaunet.md §A5/§A6): the tracklet is cut into T chunks, one frame is taken per chunk.
-* `dense`: GRL's test-all protocol, consecutive T-frame clips covering every frame (§8.1).
+* `rrs` (training) / `rrs_test`: restricted random sampling of GRL and STE-NVAN (their
+  `rrs_train` / `rrs_test`): the tracklet is cut into T chunks, one frame is taken per chunk.
+* `dense`: GRL's test-all protocol, consecutive T-frame clips covering every frame.
 * `evenly`, `random`: torchreid's `VideoDataset` sample methods.
 * `stride`: CAS (AP3D/TCLNet) `TemporalRandomCrop(size=T, stride=s)`.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
-RngLike = Union[np.random.Generator, int, Sequence[int]]
+from grl_jax import schema
 
-TRAIN_MODES = ('rrs', 'rrs_train', 'stride', 'evenly', 'random')
-TEST_MODES = ('rrs_test', 'dense', 'evenly')
+RngLike = Union[np.random.Generator, int, Sequence[int]]
 
 
 def as_rng(rng: RngLike) -> np.random.Generator:
@@ -133,36 +133,37 @@ def stride_crop(n: int, t: int, stride: int, rng: RngLike) -> np.ndarray:
   return np.sort(idx).astype(np.int32)
 
 
+# mode -> f(n, T, rng, stride) -> int32[T]; keys are exactly schema.TRAIN_SAMPLINGS.
+TRAIN_REGISTRY: dict[str, Callable[..., np.ndarray]] = {
+    'rrs': lambda n, t, rng, stride: rrs_train(n, t, rng),
+    'stride': lambda n, t, rng, stride: stride_crop(n, t, stride, rng),
+    'evenly': lambda n, t, rng, stride: evenly(n, t),
+    'random': lambda n, t, rng, stride: random(n, t, rng),
+}
+# mode -> f(n, T) -> int32[num_clips, T]; keys are exactly schema.TEST_SAMPLINGS.
+TEST_REGISTRY: dict[str, Callable[[int, int], np.ndarray]] = {
+    'rrs_test': lambda n, t: rrs_test(n, t)[None],
+    'dense': dense,
+    'evenly': lambda n, t: evenly(n, t)[None],
+}
+
+
 def train_indices(mode: str, n: int, t: int, rng: RngLike, stride: int = 1) -> np.ndarray:
-  """The frames of one training clip, int32[T], for `mode` in TRAIN_MODES."""
-  if mode in ('rrs', 'rrs_train'):
-    return rrs_train(n, t, rng)
-  if mode == 'stride':
-    return stride_crop(n, t, stride, rng)
-  if mode == 'evenly':
-    _check(n, t)
-    return evenly(n, t)
-  if mode == 'random':
-    return random(n, t, rng)
-  raise ValueError(f'train_sampling={mode!r}: expected one of {TRAIN_MODES}')
+  """The frames of one training clip, int32[T], for `mode` in schema.TRAIN_SAMPLINGS."""
+  schema.check_choice(mode, schema.TRAIN_SAMPLINGS, 'config.data.train_sampling')
+  return TRAIN_REGISTRY[mode](n, t, rng, stride)
 
 
 def test_clips(mode: str, n: int, t: int) -> np.ndarray:
-  """Every test clip of a tracklet, int32[num_clips, T], for `mode` in TEST_MODES."""
-  if mode == 'rrs_test':
-    return rrs_test(n, t)[None]
-  if mode == 'dense':
-    return dense(n, t)
-  if mode == 'evenly':
-    return evenly(n, t)[None]
-  raise ValueError(f'test_sampling={mode!r}: expected one of {TEST_MODES}')
+  """Every test clip of a tracklet, int32[num_clips, T], for `mode` in schema.TEST_SAMPLINGS."""
+  schema.check_choice(mode, schema.TEST_SAMPLINGS, 'config.data.test_sampling')
+  return TEST_REGISTRY[mode](n, t)
 
 
 def num_test_clips(mode: str, n: int, t: int) -> int:
   """len(test_clips(mode, n, t)) without building the clips."""
+  schema.check_choice(mode, schema.TEST_SAMPLINGS, 'config.data.test_sampling')
   if mode == 'dense':
     n, t = _check(n, t)
     return (n - 1) // t + 1
-  if mode in TEST_MODES:
-    return 1
-  raise ValueError(f'test_sampling={mode!r}: expected one of {TEST_MODES}')
+  return 1

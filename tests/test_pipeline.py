@@ -1,20 +1,26 @@
-"""tf.data pipeline (data_pipeline/pipeline.py) on tiny JPEG tracklets written in tmp_path.
+"""tf.data pipeline (data_pipeline/pipeline/) on tiny JPEG tracklets written in tmp_path.
 
 Every frame is a 32x16 image whose left half encodes (tracklet, frame) in its colour and whose
 right half is grey, so a delivered frame tells which file it came from and whether it was
 flipped.
 """
+import dataclasses
 import logging
 import os
+import subprocess
+import sys
 
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
+from configs import base
 from data_pipeline import pipeline
 from data_pipeline import sampling
 from data_pipeline.index import TrackletIndex
+from data_pipeline.pipeline import plan as plan_lib
+from data_pipeline.pipeline import recovery
+from grl_jax import errors
 
 H, W, T = 32, 16, 4
 GREY = 200
@@ -50,11 +56,14 @@ def _make_index(root, spec=SPEC, h=H, w=W):
 
 
 def _cfg(**kw):
-  base = dict(height=H, width=W, seq_len=T, train_sampling='rrs', sample_stride=1,
-              test_sampling='dense', batch_sampler='pair', p=0, k=0, flip=False,
-              erasing_prob=0.0, erasing_mode='frame', pad_crop=0, strict=False, prefetch=2)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  """config.data: the defaults of configs/base.py, then this file's choices, then `kw`."""
+  cfg = base.base_config().data
+  cfg.update(dict(height=H, width=W, seq_len=T, train_sampling='rrs', sample_stride=1,
+                  test_sampling='dense', batch_sampler='pair', p=0, k=0, flip=False,
+                  erasing_prob=0.0, erasing_mode='frame', pad_crop=0, strict=False, prefetch=2,
+                  threads=0))
+  cfg.update(kw)
+  return cfg
 
 
 def _decode(frame, flipped=False):
@@ -322,17 +331,97 @@ def test_eval_replaces_bad_frames(tmp_path):
 
 
 def test_config_validation():
-  with pytest.raises(ValueError, match='erasing_mode'):
+  with pytest.raises(errors.ConfigError, match='config.data.erasing_mode'):
     pipeline.data_options(_cfg(erasing_mode='pixel'))
-  with pytest.raises(ValueError, match='train_sampling'):
+  with pytest.raises(errors.ConfigError, match='config.data.train_sampling'):
     pipeline.data_options(_cfg(train_sampling='dense'))
-  with pytest.raises(ValueError, match='erasing_prob'):
+  with pytest.raises(errors.ConfigError, match='train_sampling'):
+    pipeline.data_options(_cfg(train_sampling='rrs_train'))  # the dropped alias
+  with pytest.raises(errors.ConfigError, match='config.data.pk_mode'):
+    pipeline.data_options(_cfg(pk_mode='any'))
+  with pytest.raises(errors.ConfigError, match='erasing_prob'):
     pipeline.data_options(_cfg(erasing_prob=1.5))
-  with pytest.raises(ValueError, match='height'):
+  with pytest.raises(ValueError, match='height'):  # a ConfigError is also a ValueError
     pipeline.data_options(_cfg(height=0))
   cfg = _cfg()
   del cfg['seq_len']
-  with pytest.raises(ValueError, match='seq_len is missing'):
+  with pytest.raises(errors.ConfigError, match='config.data.seq_len is missing'):
     pipeline.data_options(cfg)
   opts = pipeline.data_options(_cfg(p=0, k=4))
   assert opts.p is None and opts.k == 4
+
+
+def test_defaults_come_only_from_configs_base():
+  assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+             for f in dataclasses.fields(pipeline.DataOptions))
+  opts = pipeline.data_options(base.base_config().data)
+  assert opts.sample_stride == base.base_config().data.sample_stride
+  for name in ('threads', 'sample_stride', 'strict'):  # once defaulted here; now required
+    cfg = base.base_config().data
+    del cfg[name]
+    with pytest.raises(errors.ConfigError, match=f'config.data.{name} is missing'):
+      pipeline.data_options(cfg)
+  # A plain mapping works as well, with the same rule.
+  full = dict(base.base_config().data.items())
+  assert pipeline.data_options(full) == opts
+  del full['prefetch']
+  with pytest.raises(errors.ConfigError, match='config.data.prefetch'):
+    pipeline.data_options(full)
+
+
+def test_errors_are_the_shared_family(clean_index):
+  assert pipeline.BadFrameError is errors.BadFrameError
+  with pytest.raises(errors.ConfigError, match='config.eval.batch_size'):
+    pipeline.eval_iterator(clean_index, _cfg(), batch_size=3, process_count=2)
+  with pytest.raises(errors.ConfigError, match='config.data.batch_sampler'):
+    pipeline.train_iterator(clean_index, _cfg(batch_sampler='triplet'), global_batch_size=4,
+                            seed=0)
+
+
+def test_one_plan_for_train_and_eval_padding_rows(clean_index):
+  resolver = recovery.Resolver(clean_index, pipeline.data_options(_cfg()),
+                               recovery.BadFrameStats())
+  none = {'flip': np.int32(0), 'crop': np.zeros(2, np.int32), 'erase': np.zeros((T, 8))}
+  frames = np.array([[0, 1, 2, 3], [2, 2, 1, 0]])
+  got = plan_lib.batch_plan(clean_index, resolver, tracklets=[6, -1], load_rows=[6, 5],
+                            frames=frames, augs=[none, none])
+  assert tuple(got) == plan_lib.PLAN_KEYS
+  assert got['paths'].shape == (2, T) and got['paths'].dtype == object
+  assert got['paths'][1, 0] == clean_index.frames(5)[2].encode()
+  np.testing.assert_array_equal(got['idx0'], frames)
+  np.testing.assert_array_equal(got['tracklet'], [6, -1])
+  np.testing.assert_array_equal(got['pid'], [clean_index.pids[6], -1])
+  np.testing.assert_array_equal(got['camid'], [clean_index.camids[6], -1])
+  assert got['replaced'].sum() == 0 and got['crop'].shape == (2, 2)
+  assert all(got[k].dtype == np.int32 for k in plan_lib.PLAN_KEYS if k != 'paths')
+
+
+_IMPORT_CHECK = """
+import tensorflow as tf
+calls = []
+tf.config.set_visible_devices = lambda *a, **k: calls.append(a)
+from data_pipeline import pipeline
+assert not calls, calls  # importing changes nothing in TF's runtime
+pipeline.hide_accelerators_from_tf()
+pipeline.hide_accelerators_from_tf()
+assert calls == [([], 'GPU')], calls  # once, lazily
+# Too late (TF already initialised and seeing a GPU): tolerated, with a warning.
+from absl import logging
+from data_pipeline.pipeline import tf_device
+def too_late(*a, **k):
+  raise RuntimeError('Visible devices cannot be modified after being initialized')
+warnings = []
+tf.config.set_visible_devices = too_late
+tf.config.list_logical_devices = lambda kind=None: ['/GPU:0']
+logging.warning = lambda msg, *a: warnings.append(msg)
+tf_device._DONE = False
+tf_device.hide_accelerators_from_tf()
+assert len(warnings) == 1 and 'hide_accelerators_from_tf' in warnings[0], warnings
+"""
+
+
+def test_no_tf_device_side_effect_at_import():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run([sys.executable, '-c', _IMPORT_CHECK], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]

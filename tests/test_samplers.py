@@ -7,6 +7,8 @@ import pytest
 
 from data_pipeline import samplers
 from data_pipeline.index import TrackletIndex
+from grl_jax import schema
+from grl_jax.errors import ConfigError
 
 
 def _index(spec):
@@ -182,3 +184,17 @@ def test_pk_validation(index):
     samplers.make_batch_sampler('pk', index, global_batch_size=8, seed=0, pk_mode='x')
   with pytest.raises(ValueError, match='batch_sampler'):
     samplers.make_batch_sampler('triplet', index, global_batch_size=8, seed=0)
+
+
+def test_config_mistakes_are_config_errors_keyed_by_schema(index):
+  assert tuple(samplers._SAMPLERS) == schema.BATCH_SAMPLERS  # pylint: disable=protected-access
+  with pytest.raises(ConfigError, match='config.data.batch_sampler'):
+    samplers.make_batch_sampler('triplet', index, global_batch_size=8, seed=0)
+  with pytest.raises(ConfigError, match='config.data.pk_mode'):
+    samplers.make_batch_sampler('pk', index, global_batch_size=8, seed=0, pk_mode='x')
+  with pytest.raises(ConfigError, match='config.data.k=4'):
+    samplers.make_batch_sampler('pair', index, global_batch_size=8, seed=0, k=4)
+  with pytest.raises(ConfigError, match='p=3 x k=4'):
+    samplers.make_batch_sampler('pk', index, global_batch_size=8, seed=0, p=3, k=4)
+  with pytest.raises(ConfigError, match='whole groups'):
+    samplers.make_batch_sampler('pair', index, global_batch_size=8, seed=0).check_processes(3)

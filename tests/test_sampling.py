@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from data_pipeline import sampling
+from grl_jax import schema
+from grl_jax.errors import ConfigError
 
 
 def _support(fn, trials=400):
@@ -154,7 +156,7 @@ def test_stride_crop_fallbacks():
 # --- determinism and dispatch --------------------------------------------------------------
 
 
-@pytest.mark.parametrize('mode', ['rrs', 'rrs_train', 'stride', 'random', 'evenly'])
+@pytest.mark.parametrize('mode', ['rrs', 'stride', 'random', 'evenly'])
 def test_train_indices_deterministic_by_key(mode):
   a = sampling.train_indices(mode, 57, 8, (11, 3, 4), stride=4)
   b = sampling.train_indices(mode, 57, 8, np.random.default_rng((11, 3, 4)), stride=4)
@@ -181,5 +183,16 @@ def test_test_clips_dispatch():
     sampling.test_clips('dense_all', 5, 8)
   with pytest.raises(ValueError, match='train_sampling'):
     sampling.train_indices('rrs_test', 5, 8, 0)
+  with pytest.raises(ConfigError, match='config.data.train_sampling'):
+    sampling.train_indices('rrs_train', 5, 8, 0)  # GRL's name for 'rrs'; schema has only 'rrs'
+  with pytest.raises(ConfigError, match='config.data.test_sampling'):
+    sampling.num_test_clips('all', 5, 8)
   with pytest.raises(ValueError, match='n=0'):
     sampling.rrs_train(0, 8, 0)
+
+
+def test_registries_are_keyed_by_schema():
+  assert tuple(sampling.TRAIN_REGISTRY) == schema.TRAIN_SAMPLINGS
+  assert tuple(sampling.TEST_REGISTRY) == schema.TEST_SAMPLINGS
+  for mode in schema.TEST_SAMPLINGS:
+    assert sampling.num_test_clips(mode, 26, 8) == len(sampling.test_clips(mode, 26, 8))
