@@ -98,6 +98,9 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
   """
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from data_pipeline import samplers  # pylint: disable=g-import-not-at-top
+  # Before anything initialises TensorFlow (the TensorBoard writer comes later): the
+  # accelerator belongs to JAX.
+  pipeline.hide_accelerators_from_tf()
   d = config.data
   dataset = load_dataset(config, workdir, is_main=process_index == 0, barrier=barrier)
   spe = 0

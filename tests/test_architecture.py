@@ -70,7 +70,8 @@ def test_each_enum_is_spelled_out_only_in_schema():
       if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         try:
           value = tuple(ast.literal_eval(node))
-        except ValueError:
+          hash(value)
+        except (ValueError, TypeError):
           continue
         if value in enums:
           found.append(f'{path.relative_to(REPO)}:{node.lineno} repeats schema.{enums[value]}')

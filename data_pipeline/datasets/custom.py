@@ -40,7 +40,7 @@ from data_pipeline.datasets import common
 from data_pipeline.index import Dataset
 from grl_jax import io as storage
 from grl_jax.errors import DatasetError
-from grl_jax.schema import SPLITS
+from grl_jax.schema import EVAL_SPLITS, SPLITS
 
 NAME = 'custom'
 # What the root must contain and where it comes from (start-up validation prints it).
@@ -128,7 +128,7 @@ def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
   csv_path = common.join(root, DEFAULT_FILE) if common.isdir(root) else root
   common.require_file(csv_path, NAME, f'a CSV file or a directory holding {DEFAULT_FILE}')
   splits = read_csv(csv_path)
-  for split in ('query', 'gallery'):
+  for split in EVAL_SPLITS:
     if not splits[split][0]:
       raise DatasetError(f'{csv_path!r} has no {split!r} rows; query and gallery are required')
   return common.dataset_from_lists(NAME, splits['train'], splits['query'], splits['gallery'],

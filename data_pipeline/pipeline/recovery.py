@@ -18,6 +18,7 @@ import numpy as np
 from data_pipeline.index import TrackletIndex
 from data_pipeline.pipeline.decode import load_frame_eager
 from data_pipeline.pipeline.options import DataOptions
+from grl_jax import io as storage
 from grl_jax.errors import BadFrameError
 
 
@@ -42,10 +43,6 @@ class BadFrameStats:
 
 
 STATS = BadFrameStats()  # process-wide totals over every iterator
-
-
-def is_local(path: str) -> bool:
-  return '://' not in path
 
 
 def candidates(i: int, n: int) -> Iterator[int]:
@@ -93,7 +90,7 @@ class Resolver:
       path = str(self.index.frame_paths[start + j])
       if self._known_bad(path):
         continue
-      if is_local(path) and not os.path.exists(path):
+      if not storage.is_remote(path) and not os.path.exists(path):
         self.mark_bad(path, 'missing file')
         continue
       return path, j != i
