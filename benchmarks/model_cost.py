@@ -6,13 +6,13 @@
 * Parameters: trainable `params` of the published recipe (MARS: 625 identities), split into the
   ResNet trunk, the attention blocks (NL / IAU) and the head (BNNeck + classifier).
 * FLOPs: `compiled.cost_analysis()['flops']` of the eval forward pass on ONE 8-frame 256x128 clip
-  (XLA counts a multiply-add as 2 FLOPs), printed beside the spec's hand counts in GMACs
-  (nvan_iaunet.md §A7, §B4.1; GMACs x 2 = GFLOPs). The spec's non-local attention matmuls
+  (XLA counts a multiply-add as 2 FLOPs), printed beside layer-by-layer hand counts in GMACs
+  (`SPEC_GMACS`; GMACs x 2 = GFLOPs). The hand counts' non-local attention matmuls
   (θφᵀ and A·g) are given separately because thop-style counts leave them out. IAUnet is
   costed with seq_len = T = 8 (one 8-frame clip; its recipe uses two 4-frame clips, also shown).
   FLOPs are measured with un-chunked attention (`nl_query_chunk=0`): XLA's cost analysis counts
   the body of the chunk loop (`lax.map`) once, not once per chunk. Chunking changes memory, not
-  arithmetic. `baseline` is the same trunk without non-local blocks (spec: 32.4 GMACs).
+  arithmetic. `baseline` is the same trunk without non-local blocks (hand count: 32.4 GMACs).
 * Memory: `compiled.memory_analysis()` of one jitted training step (forward + backward of the
   model and the BNNeck objective) at the recipe batch, P x K = 32 clips x T frames x 256 x 128,
   for NVAN with the whole 4096 x 4096 layer2 affinity materialised (`nl_query_chunk=0`) and
@@ -41,7 +41,8 @@ from grl_jax import models as registry  # noqa: E402
 
 NUM_CLASSES = 625  # MARS training identities.
 
-# nvan_iaunet.md §A7 / §B4.1 hand counts, GMACs per 8-frame 256x128 clip.
+# Layer-by-layer hand counts, GMACs per 8-frame 256x128 clip; `thop*` are a user's thop counts
+# from jackie840129/STE-NVAN issue #13, which leave out the attention matmuls.
 SPEC_GMACS = {
     'nvan': dict(total=63.6, backbone=32.4, nl_convs=10.7, attention_matmuls=20.4,
                  thop_without_matmuls=43.479),

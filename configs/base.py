@@ -23,7 +23,7 @@ Schema (every field has a default here, so a recipe can only change existing fie
   model.*                   owned by the model family's recipe; `name` picks the registry entry.
   loss.*                    owned by the recipe (objective options).
   optim.*                   see `_optim_defaults` (read by grl_jax.optim).
-  train.*                   see `_train_defaults` (read by grl_jax.train).
+  train.*                   see `_train_defaults` (read by grl_jax/trainer/).
   eval.*                    see `_eval_defaults`.
   init.*                    optional warm start from a converted checkpoint (ImageNet ResNet).
   mesh.data                 devices on the 'data' mesh axis; -1 = all devices.

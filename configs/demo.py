@@ -2,7 +2,7 @@
 
     python -m grl_jax.main --config=configs/demo.py --workdir=workdir/demo
 
-What it does: generates the synthetic dataset (data_pipeline/synthetic.py) into
+What it does: generates the synthetic dataset (data_pipeline/synthetic/) into
 `<workdir>/data` if it is not there, evaluates the untrained model, trains a reduced GRL, evaluates
 again (CMC / mAP table, untrained -> trained summary) and writes a ranked-list picture
 `<workdir>/ranked_list_step<N>.png`.

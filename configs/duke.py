@@ -6,7 +6,7 @@
 recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
 $GRL_JAX_DATA/DukeMTMC-VideoReID, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run).
 
-GRL's code evaluates Duke with queries prepended to the gallery (grl.md §8.8), i.e. `cas`;
+GRL's code evaluates Duke with queries prepended to the gallery (as for MARS), i.e. `cas`;
 the other models use the usual torchreid-style gallery.
 """
 from __future__ import annotations

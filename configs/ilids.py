@@ -7,10 +7,11 @@ recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PA
 $GRL_JAX_DATA/iLIDS-VID, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run),
 split=0..9 (which split).
 
-The GRL release cannot train iLIDS-VID (grl.md §7.9, B2); this follows the standard protocol
-it intended: query = camera 1, gallery = camera 2, one feature per tracklet (all frames,
-`dense`), GRL's consecutive-window training sampling replaced by RRS like MARS. Published
-numbers average the 10 splits: run split=0..9 and average.
+The GRL release cannot train iLIDS-VID (its iLIDS/PRID path crashes on the first batch and
+evaluates 8-frame windows, not tracklets); this follows the standard protocol it intended:
+query = camera 1, gallery = camera 2, one feature per tracklet (all frames, `dense`), GRL's
+consecutive-window training sampling replaced by RRS like MARS. Published numbers average the
+10 splits: run split=0..9 and average.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@
 recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PATH (default
 $GRL_JAX_DATA/MARS, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run).
 
-Gallery protocol per model (ecosystem.md §A.4): GRL's code prepends the 1,980 queries to the
-9,330-tracklet gallery with step AP, i.e. the `cas` composition (grl.md §8.4); STE-NVAN uses
+Gallery protocol per model (protocols: grl_jax/evaluation/__init__.py): GRL's code prepends the
+1,980 queries to the 9,330-tracklet gallery with step AP, i.e. the `cas` composition; STE-NVAN uses
 the official MATLAB protocol (`official`); the IAUnet family appends queries (`cas`). Override
 with --config.data.protocol=torchreid to compare with torchreid-style papers.
 """

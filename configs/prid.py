@@ -7,7 +7,8 @@ recipe, configs/models/), accel=cpu|gpu|tpu (dtype / eval-batch preset), root=PA
 $GRL_JAX_DATA/PRID-2011, GRL_JAX_DATA defaults to ./data), runlocal (a 10-step smoke run),
 split=0..9 (which split).
 
-As for iLIDS-VID (grl.md §9.4, B2): query = camera a, gallery = camera b, dense test features,
+As for iLIDS-VID (the GRL release's PRID path is broken and uses 20 random 100/100 splits
+instead): query = camera a, gallery = camera b, dense test features,
 results averaged over the 10 splits.
 """
 from __future__ import annotations

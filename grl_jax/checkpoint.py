@@ -280,6 +280,26 @@ def write_variables(directory: str, variables: dict, config, step: int = 0,
   return io.join(path, str(step))
 
 
+def _existing_dir(directory: str) -> str:
+  path = resolve_dir(directory)
+  if not io.isdir(path):
+    raise CheckpointError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
+                          '<step>/ and <dir>/<step>/)')
+  return path
+
+
+def _finished_step(mngr, path: str, step: Optional[int]) -> int:
+  """`step` if it is a finished step of `path`, or the latest one when None."""
+  steps = complete_steps(path, mngr.all_steps())
+  if step is None:
+    if not steps:
+      raise CheckpointError(f'no finished checkpoint step in {path}')
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointError(f'step {step} not in {path}; available: {steps}')
+  return step
+
+
 def restore_variables(directory: str, step: Optional[int] = None, sharding=None
                       ) -> tuple[dict, dict]:
   """Restores `variables` and `meta` of `step` (latest if None) without the optimiser.
@@ -292,18 +312,9 @@ def restore_variables(directory: str, step: Optional[int] = None, sharding=None
   Returns:
     ({'params': ..., 'batch_stats': ...} of jax.Arrays, meta dict with 'config', 'step', ...).
   """
-  path = resolve_dir(directory)
-  if not io.isdir(path):
-    raise CheckpointError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
-                            '<step>/ and <dir>/<step>/)')
+  path = _existing_dir(directory)
   with _manager(path, _READ_ONLY) as mngr:
-    steps = complete_steps(path, mngr.all_steps())
-    if step is None:
-      if not steps:
-        raise CheckpointError(f'no finished checkpoint step in {path}')
-      step = steps[-1]
-    elif step not in steps:
-      raise CheckpointError(f'step {step} not in {path}; available: {steps}')
+    step = _finished_step(mngr, path, step)
     sharding = sharding if sharding is not None else replicated_sharding()
     meta_tree = mngr.item_metadata(step)['variables']
     target = jax.tree.map(
@@ -318,16 +329,9 @@ def restore_variables(directory: str, step: Optional[int] = None, sharding=None
 
 def read_meta(directory: str, step: Optional[int] = None) -> dict:
   """The meta JSON of `step` (latest if None), without touching arrays."""
-  path = resolve_dir(directory)
-  if not io.isdir(path):
-    raise CheckpointError(f'no checkpoint directory at {path} (looked for <dir>/{SUBDIR}/'
-                          '<step>/ and <dir>/<step>/)')
+  path = _existing_dir(directory)
   with _manager(path, _READ_ONLY) as mngr:
-    steps = complete_steps(path, mngr.all_steps())
-    step = (steps[-1] if steps else None) if step is None else step
-    if step is None or step not in steps:
-      raise CheckpointError(f'no finished checkpoint step {"" if step is None else step} in '
-                            f'{path}; available: {steps}')
+    step = _finished_step(mngr, path, step)
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
 

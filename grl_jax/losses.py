@@ -5,11 +5,13 @@ written with whole-array `jnp` ops only, so it compiles unchanged when the batch
 over a device mesh. The single exception is `oim_update`, whose sequential row update is a
 `lax.scan` by definition.
 
-References (see /work/shared/reference):
-* OIM: grl.md §6.1; official `reid/loss/oim.py` of flysnowtiger/GRL.
-* Pair verification BCE: grl.md §5.3, §6.3; official `reid/loss/pairloss.py`.
-* Batch-hard triplet: grl.md §6.2, nvan_iaunet.md §A4, §B5; official `reid/loss/triplet.py`.
-* Label-smoothed cross-entropy: nvan_iaunet.md §B5 (torchreid `CrossEntropyLabelSmooth`).
+References (upstream code):
+* OIM: official `reid/loss/oim.py` of flysnowtiger/GRL.
+* Pair verification BCE: official `reid/loss/pairloss.py` of flysnowtiger/GRL.
+* Batch-hard triplet: official `reid/loss/triplet.py` of flysnowtiger/GRL, the `TripletLoss` of
+  jackie840129/STE-NVAN and the image trainer of blue-blue272/ImgReID-IAnet.
+* Label-smoothed cross-entropy: the IAUnet image trainer (blue-blue272/ImgReID-IAnet, torchreid
+  `CrossEntropyLabelSmooth`).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
     logits: f[N, K].
     labels: int[N] in [0, K).
     label_smoothing: ε. The target is (1 − ε)·onehot(y) + ε/K (torchreid
-      `CrossEntropyLabelSmooth`, nvan_iaunet.md §B5); ε = 0 is plain CE.
+      `CrossEntropyLabelSmooth`, as IAUnet uses it); ε = 0 is plain CE.
 
   Returns:
     f32 scalar: mean_n −Σ_k target_nk · log_softmax(logits)_nk.
@@ -70,7 +72,7 @@ def top1_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# OIM (Online Instance Matching), grl.md §6.1
+# OIM (Online Instance Matching)
 
 
 def oim_logits(x: jax.Array, lut: jax.Array, scalar: float = 30.0) -> jax.Array:
@@ -140,7 +142,7 @@ def oim_update(lut: jax.Array, x: jax.Array, labels: jax.Array,
 
 
 # --------------------------------------------------------------------------------------------
-# Pair verification, grl.md §5.3 / §6.3
+# Pair verification
 
 
 def verification_bce(logit: jax.Array, probe_ids: jax.Array,
@@ -150,7 +152,7 @@ def verification_bce(logit: jax.Array, probe_ids: jax.Array,
   Equivalent to `nn.BCELoss()(softmax(two_way_logits)[..., 1], y)` (mean over K·L, log terms
   clamped at −100 like torch), computed stably from logit = logit₁ − logit₀ since
   softmax(·)[1] = σ(logit). Labels are the CORRECT, untransposed y_kl = [id(P_k) == id(G_l)]
-  (the official code builds the transpose, harmless only for symmetric pair batches, B8).
+  (the official code builds the transpose, harmless only for symmetric pair batches).
 
   Args:
     logit: f[K, L], logit of P(same) for probe k vs gallery l.
@@ -179,7 +181,7 @@ def verification_accuracy(logit: jax.Array, probe_ids: jax.Array,
 
 
 # --------------------------------------------------------------------------------------------
-# Batch-hard triplet, grl.md §6.2, nvan_iaunet.md §A4, §B5
+# Batch-hard triplet
 
 
 def pairwise_distance(features: jax.Array, metric: str = 'euclidean') -> jax.Array:

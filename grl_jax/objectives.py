@@ -1,8 +1,9 @@
 """Training objectives (the `Objective` protocol of `grl_jax.models`) of every model family.
 
-* `GRLObjective`: GRL's five-term loss with two OIM lookup tables as state (grl.md §6).
+* `GRLObjective`: GRL's five-term loss with two OIM lookup tables as state (official
+  flysnowtiger/GRL `reid/train/trainer.py`).
 * `BNNeckObjective`: ID cross-entropy on the BNNeck logits + batch-hard triplet on a feature
-  (NVAN / STE-NVAN, nvan_iaunet.md §A4; IAUnet, §B5).
+  (NVAN / STE-NVAN, jackie840129/STE-NVAN; IAUnet, blue-blue272/ImgReID-IAnet).
 
 Loss options come from `config.loss` (a ConfigDict, a plain dict or None for all defaults). Each
 objective's fields and defaults are ONE dataclass (`GRLLoss`, `BNNeckLoss`): the objectives read
@@ -27,7 +28,7 @@ Margin = Union[str, float]
 
 @dataclasses.dataclass(frozen=True)
 class GRLLoss:
-  """`config.loss` of GRL; defaults = the official recipe (grl.md §6)."""
+  """`config.loss` of GRL; defaults = the official recipe (flysnowtiger/GRL)."""
   feature_dim: int = 2048           # D of the OIM tables (= 32 x config.model.resnet_width)
   oim_scalar: float = 30.0
   oim_momentum: float = 0.5
@@ -42,7 +43,7 @@ class GRLLoss:
 
 @dataclasses.dataclass(frozen=True)
 class BNNeckLoss:
-  """`config.loss` of the BNNeck families; defaults = NVAN / STE-NVAN (nvan_iaunet.md §A4)."""
+  """`config.loss` of the BNNeck families; defaults = NVAN / STE-NVAN (plain CE + soft triplet)."""
   label_smoothing: float = 0.0
   ce_weight: float = 1.0
   triplet_weight: float = 1.0
@@ -79,7 +80,7 @@ def _pair_order(outputs: dict, batch_size: int) -> jax.Array:
 
 
 class GRLObjective:
-  """GRL loss (grl.md §6, official `reid/train/trainer.py`):
+  """GRL loss (official flysnowtiger/GRL `reid/train/trainer.py`):
 
       L = w_f·OIM_corr(Z^h frames) + w_v·OIM_corr(V^h) + w_ver·BCE_ver + w_tri·Tri(V^h)
           + w_u·OIM_uncorr(Z^l)
@@ -190,9 +191,10 @@ class GRLObjective:
     return total, metrics
 
   def update_state(self, outputs: dict, batch: dict, state: PyTree) -> PyTree:
-    """OIM table updates after the gradient step (grl.md §6.1, §14 item 3): the corr table
-    takes the video rows (pair order) and then the frame rows (b-major, t); the uncorr table
-    takes the video_uncorr rows (pair order)."""
+    """OIM table updates after the gradient step (sequential per-row momentum update with
+    renormalisation, tables kept out of the optimiser): the corr table takes the video rows
+    (pair order) and then the frame rows (b-major, t); the uncorr table takes the video_uncorr
+    rows (pair order)."""
     outputs = jax.lax.stop_gradient(outputs)
     (frames, frame_labels, video_corr, video_uncorr, video_labels, _, _,
      _) = self._inputs(outputs, batch)
@@ -209,10 +211,11 @@ class GRLObjective:
 class BNNeckObjective:
   """ID cross-entropy on `logits` + batch-hard triplet on a feature (BNNeck model families).
 
-  NVAN / STE-NVAN (nvan_iaunet.md §A4, the defaults): plain CE + soft-margin Euclidean
-  triplet on the pre-BN `feature`, both weight 1. IAUnet (§B5): label_smoothing=0.1,
-  triplet_margin=0.3, triplet_metric='cosine' (on the post-BN feature: the model decides what
-  it puts under `triplet_feature`). IAUnet's part-mask BCE is not part of this objective.
+  NVAN / STE-NVAN (jackie840129/STE-NVAN, the defaults): plain CE + soft-margin Euclidean
+  triplet on the pre-BN `feature`, both weight 1. IAUnet (image trainer of
+  blue-blue272/ImgReID-IAnet): label_smoothing=0.1, triplet_margin=0.3,
+  triplet_metric='cosine' (on the post-BN feature: the model decides what it puts under
+  `triplet_feature`). IAUnet's part-mask BCE is not part of this objective.
 
   `loss_cfg` fields: the `BNNeckLoss` dataclass (`triplet_feature` is the output key).
 

@@ -1,14 +1,14 @@
 """Optimisers of the three recipes: per-group learning rates, coupled weight decay, step decay.
 
 The update applied to a parameter w of group g (multiplier m_g) at step s is, for SGD
-(PyTorch `torch.optim.SGD(nesterov=True)` semantics, grl.md §7.1):
+(PyTorch `torch.optim.SGD(nesterov=True)` semantics, as in GRL's official trainer):
 
     d   = grad + wd * w                        (coupled L2: decay enters the momentum)
     buf = momentum * buf + d
     u   = d + momentum * buf   (Nesterov)  or  buf
     w  <- w - m_g * lr(s) * u
 
-and for Adam with coupled decay (PyTorch `Adam(weight_decay=wd)`, nvan_iaunet.md §A5): d as
+and for Adam with coupled decay (PyTorch `Adam(weight_decay=wd)`, as STE-NVAN trains): d as
 above, then the Adam moments of d, then w <- w - m_g * lr(s) * adam(d).
 
 lr(s) = lr * warmup(s) * decay_factor ** #{e in decay_epochs : e <= epoch(s)}, with

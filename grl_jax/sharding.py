@@ -2,9 +2,10 @@
 
 The mesh uses *Auto* axis types (`Mesh(devices, ('data',))`): with jax 0.10's default Explicit
 axes (`jax.make_mesh`), slicing a sharded batch and pairwise distances inside the losses fail to
-type-check (environment.md §3). Under jit with a batch-sharded input XLA inserts the all-reduces
-itself, so BatchNorm statistics and gradients are global over the mesh (SyncBN semantics) and the
-same code runs on 1 CPU, 8 simulated CPU devices, a GPU or a TPU slice.
+type-check (`ShardingTypeError`, "illegally sharded result"). Under jit with a batch-sharded
+input XLA inserts the all-reduces itself, so BatchNorm statistics and gradients are global over
+the mesh (SyncBN semantics) and the same code runs on 1 CPU, 8 simulated CPU devices, a GPU or a
+TPU slice.
 
 Multi-process: every process feeds only its own rows (`global / process_count`, a contiguous
 slice computed by the sampler) and `jax.make_array_from_process_local_data` assembles the global

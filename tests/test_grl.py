@@ -1,4 +1,4 @@
-"""GRL pieces against numpy implementations of the spec equations (grl.md §3-§5), tiny sizes."""
+"""GRL pieces against numpy versions of the official GCE / TRL / head equations, tiny sizes."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +30,7 @@ def jit_apply(module, v, *arrays, mutable=False, method=None, **static):
 
 
 # ----------------------------------------------------------------------------------------------
-# GCE (§3)
+# GCE
 def np_gce(x, p, s, train):
   b, t, h, w, d = x.shape
   g = x.mean((1, 2, 3))
@@ -60,7 +60,7 @@ def test_gce_matches_numpy(train):
 
 
 # ----------------------------------------------------------------------------------------------
-# TRL (§4)
+# TRL
 def np_accumulate(m, u, p, s, train, se=False):
   z = m + u
   upd = {}
@@ -144,7 +144,7 @@ def test_scan_equals_unrolled():
 
 
 # ----------------------------------------------------------------------------------------------
-# Siamese: attention pooling (§5.2) and verifier (§5.3)
+# Siamese: attention pooling and verifier
 def np_attention_pool(z, p, s, train):
   n, t, d = z.shape
   rows = z.reshape(n * t, d)

@@ -1,5 +1,6 @@
-"""IAUnet (video): CIAU / STIAU against hand-computed numpy versions of the specified equations
-(nvan_iaunet.md §B3-§B4), node mask, BN statistic domains, identity at init, model wiring."""
+"""IAUnet (video): CIAU / STIAU against hand-computed numpy versions of the official equations
+(blue-blue272/ImgReID-IAnet IAUBlock3D / STIAUModule, as grl_jax/models/iaunet.py writes them),
+node mask, BN statistic domains, identity at init, model wiring."""
 from __future__ import annotations
 
 import jax
@@ -24,7 +25,7 @@ def _official_mask(t, n=4):
 
 
 def _np_ciau(p, s, x):
-  """Spec §B4.1 on x [B, T, H, W, C] float64, rows of G = (channel, frame) pairs."""
+  """Video CIAU on x [B, T, H, W, C] float64, rows of G = (channel, frame) pairs."""
   b, t, h, w, c = x.shape
   g = np.zeros((b, c * t, h * w))
   for ch in range(c):
@@ -39,7 +40,7 @@ def _np_ciau(p, s, x):
 
 
 def _np_stiau(p, s, z, parts=4):
-  """Spec §B4.2 on z [B, T, H, W, C] float64 (eval-mode BN); returns (z_out, a, e_pre_bn)."""
+  """STIAU on z [B, T, H, W, C] float64 (eval-mode BN); returns (z_out, a, e_pre_bn)."""
   b, t, h, w, c = z.shape
   u = z.mean(axis=(1, 2, 3))
   logits = np_reference.bn_eval(p['sa_bn'], s['sa_bn'], np_reference.dense(p['sa_conv'], z))

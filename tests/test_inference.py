@@ -52,7 +52,7 @@ def test_uint8_input_is_normalised_on_device(extractor):
 
 def test_dense_tracklet_feature_is_the_mean_of_its_clips(extractor):
   frames = _frames(7, seed=1)
-  # Dense T=3 clips of 7 frames (grl.md §8.1): [0,1,2], [3,4,5], then [6] cycled.
+  # Dense T=3 clips of 7 frames (as GRL's `dense` mode): [0,1,2], [3,4,5], then [6] cycled.
   clips = frames[np.array([[0, 1, 2], [3, 4, 5], [6, 6, 6]])]
   expected = extractor.clip_features(clips).mean(axis=0)  # averaged, not re-normalised
   np.testing.assert_allclose(extractor.tracklet_features(frames), expected, rtol=1e-5,

@@ -69,7 +69,7 @@ def test_rrs_test_is_first_of_each_chunk():
 
 
 def test_dense_cycles_last_short_clip():
-  # grl.md §8.1's example: 26 frames -> 3 full clips and [24, 25, 24, 25, ...].
+  # GRL's dense test sampling example: 26 frames -> 3 full clips and [24, 25, 24, 25, ...].
   clips = sampling.dense(26, 8)
   np.testing.assert_array_equal(clips[:3], np.arange(24).reshape(3, 8))
   np.testing.assert_array_equal(clips[3], [24, 25, 24, 25, 24, 25, 24, 25])

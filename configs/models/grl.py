@@ -1,21 +1,22 @@
-"""GRL's published recipe (grl.md §6-§8, the official `mars_train.py` defaults).
+"""GRL's published recipe (the official flysnowtiger/GRL `mars_train.py` defaults).
 
 * Model: ResNet-50 (last stride 1) + GCE + bi-directional TRL + BN/L2 heads + self-attention
   pooling + pair verifier (grl_jax/models/grl.py documents every field). The published
   architecture is the model's defaults (`grl_jax.models.get('grl').model_defaults()`): depth 50
   (stage sizes (3, 4, 6, 3); `stage_sizes=()` derives them, `(1, 1, 1, 1)` gives a tiny
-  trunk), width 64 (D = 2048), plain accumulation ('se' is the first official commit's variant,
-  grl.md B11), hidden sizes 1024 / 256 / 512 at width 64 (scaled with the width), TRL
+  trunk), width 64 (D = 2048), plain accumulation (HEAD; 'se' is the first official commit's
+  variant), hidden sizes 1024 / 256 / 512 at width 64 (scaled with the width), TRL
   reduction 16, TRL as nn.scan.
 * Loss: OIM_corr(frames) + OIM_corr(video) + 20 x BCE verification + soft batch-hard triplet +
   OIM_uncorr (grl_jax.objectives.GRLObjective; its defaults are the published weights).
 * Optimiser: SGD, Nesterov momentum 0.9, coupled weight decay 5e-4 on all parameters, lr 1e-3
   for the backbone and GCE and 2e-3 for everything else, x0.1 at epochs 15/30/45, 60 epochs,
-  no warm-up (grl.md §7.1).
+  no warm-up.
 * Data: pair batches of 16 clips (8 cross-camera positive pairs) x 8 frames, restricted random
-  sampling, clip-level flip, per-frame random erasing p=0.5, 256x128 (grl.md §7.2-§7.4).
+  sampling, clip-level flip, per-frame random erasing p=0.5, 256x128.
 * Test: rrs_test (one clip per tracklet) by default; `--config.data.test_sampling=dense` gives
-  the all-frames protocol (grl.md §8.1, B21); descriptors compared by dot product.
+  the all-frames protocol (which of the two the paper used is undocumented); descriptors
+  compared by dot product.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import ml_collections
 
 from grl_jax import models
 
-# Parameter groups (grl.md §7.1): the torchvision trunk and GCE at x1, everything else x2.
+# Parameter groups (official `mars_train.py`): the torchvision trunk and GCE at x1, the rest x2.
 # Regexes are matched against '/'-joined parameter paths; the first match wins.
 GRL_LR_MULT = (
     (r'^backbone/', 1.0),

@@ -1,10 +1,10 @@
-"""IAUnet (video) recipe (nvan_iaunet.md Part B). IAUnet's video trainer was never released:
+"""IAUnet (video) recipe (blue-blue272/ImgReID-IAnet). IAUnet's video trainer was never released:
 
 * [CODE, image IAUnet] loss: cross-entropy with label smoothing 0.1 + batch-hard triplet with
   hard margin 0.3 and cosine distance on the post-BN feature (`bn_feature`), both weight 1.
   The 0.5-weighted part-mask BCE is left out: it needs human-parsing masks, which no video
   dataset here ships, and the paper's video supervision is unknown.
-* [INFERRED from TCLNet, the same group's ECCV'20 video code, §B8] T = 4 frames per clip from a
+* [INFERRED from TCLNet, the same group's ECCV'20 video code] T = 4 frames per clip from a
   random stride-8 window, P x K = 8 x 4 clips (distinct tracklets when an identity has >= 4),
   clip-level flip, no erasing; Adam lr 3e-4, coupled weight decay 5e-4, lr / 10 at epochs 40,
   80 and 120, 150 epochs; test on every frame in consecutive 4-frame clips (last one padded

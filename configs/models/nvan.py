@@ -1,5 +1,5 @@
-"""NVAN and STE-NVAN published recipes (nvan_iaunet.md §A4-§A6; official `run_NL.sh` after the
-lr fix of commit bfbe810, `train_NL.py`, `evaluate.py` of jackie840129/STE-NVAN).
+"""NVAN and STE-NVAN published recipes (official `run_NL.sh` after the lr fix of commit
+bfbe810, `train_NL.py`, `evaluate.py` of jackie840129/STE-NVAN).
 
 * Model (grl_jax/models/nvan.py documents every field): ResNet-50, last stride 1, no ReLU after
   the stem BN (as released), non-local blocks after bottlenecks 2, 3 of layer2 and 3, 4, 5 of

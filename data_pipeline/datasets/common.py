@@ -79,6 +79,16 @@ def require_root(root: str, dataset: str, expected: str) -> str:
   return root
 
 
+def open_root(root: str, dataset: str, expected: str, protocol: str,
+              split_id: int | None = None) -> str:
+  """The common start of a reader's `load`: the protocol is known, a fixed-split dataset got
+  split_id 0 (pass None for datasets with splits, which check theirs), the root exists."""
+  check_protocol(protocol, dataset)
+  if split_id is not None:
+    check_no_split(split_id, dataset)
+  return require_root(root, dataset, expected)
+
+
 def require_dir(path: str, dataset: str, expected: str) -> None:
   if not isdir(path):
     raise DatasetError(f'{dataset}: missing directory {path!r}; expected {expected}')

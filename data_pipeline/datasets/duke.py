@@ -79,9 +79,7 @@ def _read_split(split_dir: str) -> tuple[list[list[str]], list[int], list[int]]:
 def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
          verify: bool = False) -> Dataset:
   """Reads DukeMTMC-VideoReID under `root` (see the module docstring)."""
-  common.check_protocol(protocol, NAME)
-  common.check_no_split(split_id, NAME)
-  root = common.require_root(root, NAME, LAYOUT)
+  root = common.open_root(root, NAME, LAYOUT, protocol, split_id)
   nested = common.join(root, 'DukeMTMC-VideoReID')
   if not common.isdir(common.join(root, 'train')) and common.isdir(nested):
     root = nested

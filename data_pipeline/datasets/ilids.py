@@ -80,8 +80,7 @@ def _person_number(person: str, seq_dir: str) -> int:
 def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
          verify: bool = False) -> Dataset:
   """Reads iLIDS-VID split `split_id` (0..9) under `root` (see the module docstring)."""
-  common.check_protocol(protocol, NAME)
-  root = common.require_root(root, NAME, LAYOUT)
+  root = common.open_root(root, NAME, LAYOUT, protocol)
   seq_dir = common.join(root, 'i-LIDS-VID', 'sequences')
   common.require_dir(seq_dir, NAME, LAYOUT)
   split_path = common.join(root, SPLIT_FILE)

@@ -96,9 +96,7 @@ def _read_list(root: str, list_path: str, lister: _Lister, allow_empty: bool = F
 def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
          verify: bool = False) -> Dataset:
   """Reads LS-VID under `root` (see the module docstring)."""
-  common.check_protocol(protocol, NAME)
-  common.check_no_split(split_id, NAME)
-  root = common.require_root(root, NAME, LAYOUT)
+  root = common.open_root(root, NAME, LAYOUT, protocol, split_id)
   if not common.isdir(common.join(root, 'list_sequence')) and common.isdir(
       common.join(root, 'LS-VID')):
     root = common.join(root, 'LS-VID')

@@ -127,9 +127,7 @@ def _index(names: list[str], info: np.ndarray, bbox_dir: str, pids: np.ndarray) 
 def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
          verify: bool = False) -> Dataset:
   """Reads MARS under `root` (see the module docstring for layout and protocols)."""
-  common.check_protocol(protocol, NAME)
-  common.check_no_split(split_id, NAME)
-  root = common.require_root(root, NAME, LAYOUT)
+  root = common.open_root(root, NAME, LAYOUT, protocol, split_id)
   info_dir = common.join(root, 'info')
   common.require_dir(info_dir, NAME, LAYOUT)
   for sub in ('bbox_train', 'bbox_test'):

@@ -134,8 +134,7 @@ def _read_camera(cam_dir: str) -> dict[int, list[str]]:
 def load(root: str, protocol: str = 'torchreid', split_id: int = 0,
          verify: bool = False) -> Dataset:
   """Reads PRID-2011 split `split_id` (0..9) under `root` (see the module docstring)."""
-  common.check_protocol(protocol, NAME)
-  root = common.require_root(root, NAME, LAYOUT)
+  root = common.open_root(root, NAME, LAYOUT, protocol)
   base = common.join(root, 'prid_2011', 'multi_shot')
   if not common.isdir(base) and common.isdir(common.join(root, 'multi_shot')):
     base = common.join(root, 'multi_shot')

@@ -118,7 +118,7 @@ def split_official(state: Mapping[str, np.ndarray]) -> tuple[State, State]:
 def _ignore_official(part: str, key: str) -> bool:
   if key.endswith('num_batches_tracked'):
     return True
-  # W_v / BN_v of the Siamese aggregator are built but never used (grl.md B7).
+  # W_v / BN_v of the Siamese aggregator are built but never used by the official code.
   return part == 'siamese' and key.startswith(('featV.', 'featV_bn.'))
 
 

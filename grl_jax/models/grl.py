@@ -1,23 +1,24 @@
 """GRL: Global-guided Reciprocal Learning (Liu et al., CVPR 2021), HEAD of the official code.
 
-Spec: shared/reference/grl.md §2-§5 (section numbers below refer to it). Shapes: B clips,
+Official code: flysnowtiger/GRL (`reid/models/basebranch.py` backbone + GCE,
+`reid/models/grl_model.py` TRL + heads, `reid/models/Siamese.py`). Shapes: B clips,
 T frames, h x w feature map (16 x 8 at 256 x 128), D = 32 * resnet_width channels (2048 for
 ResNet-50).
 
   frames f[B, T, H, W, 3] -> backbone (ResNet, last stride 1) -> X f[B*T, h, w, D]
-  -> gce: R = sigmoid(head([X ; G])) f[B*T, h, w, 1];  X^h = X * R,  X^l = X * (1 - R)   (§3)
-  -> trl_forward / trl_backward over t (nn.scan):  F^h f[B, T, D],  F^l f[B, D]          (§4)
-  -> corr_bn + L2 -> Z^h f[B, T, D];  uncorr_bn + L2 -> Z^l f[B, D]                       (§5.1)
-  -> siamese: self-attention temporal pooling of Z^h, pair-verification head             (§5.2-3)
+  -> gce: R = sigmoid(head([X ; G])) f[B*T, h, w, 1];  X^h = X * R,  X^l = X * (1 - R)
+  -> trl_forward / trl_backward over t (nn.scan):  F^h f[B, T, D],  F^l f[B, D]
+  -> corr_bn + L2 -> Z^h f[B, T, D];  uncorr_bn + L2 -> Z^l f[B, D]
+  -> siamese: self-attention temporal pooling of Z^h, pair-verification head
 
-Outputs (the "GRL model outputs" contract of the team brief):
+Outputs (the contract `grl_jax.objectives.GRLObjective` reads):
   train=True (B even; rows 2k, 2k+1 are a same-identity pair):
     frame_corr f32[B, T, D], video_corr f32[B, D] and video_uncorr f32[B, D] in pair order
     (probes = rows 0, 2, ..; then galleries = rows 1, 3, ..), verification_logit f32[B/2, B/2]
     (logit_1 - logit_0 of probe k vs gallery l), pair_order int32[B], correlation_map
     f32[B, T, h, w].
-  train=False: descriptor f32[B, 3D] = concat[Z^l, AttnPool(Z^h), mean_t Z^h] (§8.2, compared
-    with a dot product, not re-normalised), correlation_map.
+  train=False: descriptor f32[B, 3D] = concat[Z^l, AttnPool(Z^h), mean_t Z^h] (the official
+    test descriptor, compared with a dot product, not re-normalised), correlation_map.
 
 Model config fields (`config.model`, read strictly by `build`: an unknown field is a ConfigError;
 the defaults below are the `GRL` dataclass fields, listed by `model_defaults()`):
@@ -31,7 +32,7 @@ the defaults below are the `GRL` dataclass fields, listed by `model_defaults()`)
                   Params, BN statistics, sigmoids, softmaxes, L2 normalisations and all
                   outputs are float32.
   accumulation    'plain' (HEAD) | 'se' (first official commit: squeeze-excitation in the
-                  accumulation unit, grl.md B11).
+                  accumulation unit; HEAD removed it).
   gce_hidden      1024: width of the global projection glo_fc.
   corr_hidden     256: middle width of the correlation head.
   attention_dim   512: width of the Q/K projections of the attention pooling.
@@ -46,12 +47,13 @@ Initialisation follows PyTorch defaults of the official modules (Linear/Conv: U(
 for weight and bias), except: backbone convs kaiming-normal fan_out (torchvision), Siamese Q/K
 kaiming-uniform fan_out with zero bias, verifier N(0, 0.001^2) with zero bias. All BN gammas
 start at 1 and betas at 0 (PyTorch >= 1.2; the README's PyTorch 1.0 drew the gammas of the 7
-new BNs per direction/GCE from U(0, 1), grl.md B15).
+new BNs per direction/GCE from U(0, 1)).
 
 Deliberate differences from the official code: the global vector is broadcast at the actual
-h x w (B9), so any input resolution works; the unused Siamese W_v/BN_v and the Siamese_video
-verifier (no gradient, no effect on outputs; B7) are not built; BN running variances follow
-Flax (biased batch variance) instead of PyTorch's unbiased one (negligible, §2).
+h x w (the official GCE broadcasts to a fixed 16 x 8), so any input resolution works; the unused
+Siamese W_v/BN_v and the Siamese_video verifier (dead code upstream: no gradient, no effect on
+outputs) are not built; BN running variances follow Flax (biased batch variance) instead of
+PyTorch's unbiased one (negligible).
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ class _ConcatConv1x1(nn.Module):
 
 
 class GCE(nn.Module):
-  """Global-guided Correlation Estimation (§3).
+  """Global-guided Correlation Estimation (official `Backbone` in `reid/models/basebranch.py`).
 
   x f[B, T, h, w, D] -> (X^h, X^l) f[B, T, h, w, D] in `dtype`, R f32[B, T, h, w].
   """
@@ -110,7 +112,7 @@ class GCE(nn.Module):
     g = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
     g = layers.torch_dense(self.hidden, d, name='glo_fc')(g)
     g = nn.relu(layers.batch_norm(train, name='glo_bn')(g))
-    # Correlation head: conv+BN (no ReLU, B10), conv+BN+ReLU, conv+BN, sigmoid.
+    # Correlation head: conv+BN (no ReLU, as in the official code), conv+BN+ReLU, conv+BN, sigmoid.
     r = _ConcatConv1x1(self.hidden, self.dtype, name='corr_conv1')(x, g)
     r = layers.bn_apply(layers.batch_norm(train, name='corr_bn1'), r, self.dtype)
     r = conv1x1(self.corr_hidden, self.hidden, dtype=self.dtype, name='corr_conv2')(r)
@@ -124,7 +126,7 @@ class GCE(nn.Module):
 
 
 class Siamese(nn.Module):
-  """The official 'Siamese' module: self-attention temporal pooling + pair verifier (§5.2-3)."""
+  """The official 'Siamese' module: self-attention temporal pooling + pair verifier."""
   attention_dim: int = 512
 
   def setup(self):
@@ -213,7 +215,7 @@ class GRL(nn.Module):
       return {'descriptor': descriptor, 'correlation_map': corr}
 
     # Probes and galleries are pooled in two calls (separate BN batches and running-stat
-    # updates, §5.2); video-level outputs are in pair order [probes; galleries].
+    # updates, as in the official code); video-level outputs are in pair order [probes; galleries].
     pooled_probe = siamese.attention_pool(z_corr[0::2], True)
     pooled_gallery = siamese.attention_pool(z_corr[1::2], True)
     pair_order = jnp.concatenate([jnp.arange(0, b, 2), jnp.arange(1, b, 2)]).astype(jnp.int32)

@@ -1,10 +1,10 @@
 """IAUnet for video (Hou et al., TNNLS 2020): CIAU + STIAU blocks on a per-frame ResNet-50.
 
-Spec: nvan_iaunet.md Part B (the project's NVAN / IAUnet reference). The blocks follow the
-official code
+The blocks follow the official code
 (blue-blue272/ImgReID-IAnet, HEAD e104e28: `models/IAU3D.py` IAUBlock3D, `models/STIAU.py`
 STIAUModule) equation by equation. No video network, trainer or tester of IAUnet was ever
-released, so the following are INFERRED (spec §B2, §B8) and marked so in the code:
+released, so the following are INFERRED (from the image IAUnet and the same group's video code,
+TCLNet's inflated ResNet-50 `inflate.py`) and marked so in the code:
 
 * [INFERRED] backbone: an "inflated" ResNet-50 whose convolutions all have temporal kernel 1, i.e.
   the torchvision ResNet-50 (stem ReLU, last stride 1) applied to every frame; the IAU blocks
@@ -62,7 +62,7 @@ MASK_PENALTY = 1e8
 
 def iau_dense(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
   """A 1x1 conv of an IAU block: normal(0, sqrt(2 / (k·k·out_channels))) = He fan-out normal
-  weight (spec §B3.3), PyTorch default bias."""
+  weight (as the official IAU blocks initialise it), PyTorch default bias."""
   return layers.torch_dense(features, fan_in, dtype=dtype, name=name,
                             kernel_init=layers.kaiming_fan_out_init)
 

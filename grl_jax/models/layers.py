@@ -60,7 +60,7 @@ def batch_norm(train: bool | None, *, name: str | None = None, axis_name: str | 
   """PyTorch-equivalent BatchNorm (momentum 0.1 == decay 0.9, eps 1e-5), computing in float32.
 
   Normalises over every axis but the last (channels). gamma starts at 1 (PyTorch >= 1.2;
-  PyTorch 1.0/1.1 drew it from U(0, 1), see grl.md B15). `train=None` leaves the mode to the
+  PyTorch 1.0/1.1, GRL's version, drew unset ones from U(0, 1)). `train=None` leaves the mode to the
   call (`bn(x, use_running_average=not train)`), for modules defined in `setup`.
   """
   return nn.BatchNorm(use_running_average=None if train is None else not train,
@@ -90,7 +90,7 @@ def l2_normalize(x: Array, eps: float | None) -> Array:
 
 
 def softmax_attention(q: Array, k: Array, v: Array, query_chunk: int = 0) -> Array:
-  """Y = softmax(Q Kᵀ) V per group, without the 1/sqrt(d) scaling (nvan_iaunet.md §A2).
+  """Y = softmax(Q Kᵀ) V per group, without the 1/sqrt(d) scaling (as STE-NVAN's non-local block).
 
   Args:
     q, k: [G, N, D] queries and keys; v: [G, N, Dv].

@@ -1,8 +1,7 @@
 """NVAN and STE-NVAN (Liu et al., BMVC 2019) as the released code builds them.
 
-Spec: nvan_iaunet.md Part A (the project's NVAN / IAUnet reference); official code:
-jackie840129/STE-NVAN (HEAD 3042bc8),
-`net/resnet.py` (blocks, backbones) and `net/models.py` (BNNeck head).
+Official code: jackie840129/STE-NVAN (HEAD 3042bc8), `net/resnet.py` (blocks, backbones) and
+`net/models.py` (BNNeck head).
 
 Two registered models:
 
@@ -64,7 +63,7 @@ Array = jax.Array
 
 
 class NonLocalBlock(nn.Module):
-  """Embedded-Gaussian non-local block over token groups (Wang et al.; spec §A2).
+  """Embedded-Gaussian non-local block over token groups (Wang et al.), as STE-NVAN codes it.
 
   Z = X + BN(W · softmax(θ(X) φ(X)ᵀ) g(X)), θ, φ, g: 1x1x1 convs C -> C/2 with bias, W: C/2 -> C
   with bias, BN zero-initialised (γ = β = 0) so the block is the identity at initialisation.
@@ -81,7 +80,7 @@ class NonLocalBlock(nn.Module):
     c = x.shape[-1]
     ci = self.inter_channels or max(c // 2, 1)
     # θ and φ in float32 even under a bfloat16 trunk: the unscaled logits θφᵀ are O(10²-10³),
-    # and bf16 embeddings would move them by whole units (spec §A9).
+    # and bf16 embeddings would move them by whole units.
     xf = x.astype(jnp.float32)
     theta = torch_dense(ci, c, name='theta', dtype=jnp.float32)(xf)
     phi = torch_dense(ci, c, name='phi', dtype=jnp.float32)(xf)
@@ -93,7 +92,7 @@ class NonLocalBlock(nn.Module):
 
 
 def stripe_pool(x: Array, stripes: int) -> Array:
-  """Mean over each of `stripes` horizontal stripes (rows and full width); spec §A3.1.
+  """Mean over each of `stripes` horizontal stripes (rows and full width), as STE-NVAN's SR.
 
   x: [G, T, H, W, C] -> [G, T, S, C]; stripe s covers rows [s·H/S, (s+1)·H/S).
   """
@@ -114,7 +113,7 @@ def stripe_broadcast(y: Array, height: int, width: int) -> Array:
 
 
 class StripeNonLocalBlock(nn.Module):
-  """Stripe non-local block of STE-NVAN (spec §A3.1, official `Stripe_NonLocalBlock`, 'mean').
+  """Stripe non-local block of STE-NVAN (official `Stripe_NonLocalBlock`, 'mean').
 
   P = stripe-mean(X) ∈ [G, T_g, S, C]; θ, φ, g act on P (pool first, then embed), the T_g·S
   stripe tokens of a group attend to each other (softmax over keys, no scaling), W + zero-init
@@ -144,7 +143,7 @@ class StripeNonLocalBlock(nn.Module):
 
 
 def temporal_max_pool(frames: Array) -> Array:
-  """Stride-2 temporal max pool of a clip-major frame batch (spec §A3.2).
+  """Stride-2 temporal max pool of a clip-major frame batch (STE-NVAN's TR, as coded).
 
   frames: [B·T, H, W, C] (rows b·T + t, T even) -> [B·T/2, H, W, C], row b·T/2 + i being the
   element-wise max of frames 2i and 2i+1 of clip b.
@@ -171,7 +170,7 @@ def nl_positions(num_blocks: int, num_nl: int) -> tuple[int, ...]:
 
 
 class NVAN(nn.Module):
-  """NVAN / STE-NVAN: ResNet + non-local blocks + 3D average pooling + BNNeck (spec §A1-A4).
+  """NVAN / STE-NVAN: ResNet + non-local blocks + 3D average pooling + BNNeck.
 
   frames f[B, T, H, W, 3] (ImageNet-normalised RGB) -> dict (see module docstring).
 

@@ -1,4 +1,4 @@
-"""GRL's Temporal Reciprocal Learning (grl.md §4) and the 1x1 conv it is built from.
+"""GRL's Temporal Reciprocal Learning (official `TRLBlock`) and the 1x1 conv it is built from.
 
 One TRL direction walks the T frames of a clip with a memory M f[B, h, w, D]: it reads a
 channel attention from M to enhance the correlated map X^h_t, then accumulates the
@@ -61,11 +61,11 @@ def spatial_mean(x: jax.Array) -> jax.Array:
 
 
 class AccumulationUnit(nn.Module):
-  """The TRL memory update U(m, u) (§4): bottleneck with 1x1 convs on z = m + u, residual z.
+  """The TRL memory update U(m, u): bottleneck with 1x1 convs on z = m + u, residual z.
 
   Per call in train mode every BN uses that call's batch statistics (over B*h*w) and updates its
   running averages once. `se=True` adds the first commit's squeeze-excitation before the
-  residual add (B11). m, u f[B, h, w, D] -> f[B, h, w, D].
+  residual add (HEAD removed it). m, u f[B, h, w, D] -> f[B, h, w, D].
   """
   bottleneck: int
   se: bool = False
@@ -92,7 +92,7 @@ class AccumulationUnit(nn.Module):
 
 
 class TRLDirection(nn.Module):
-  """One direction of Temporal Reciprocal Learning (§4); `reverse=True` is the backward branch.
+  """One direction of Temporal Reciprocal Learning; `reverse=True` is the backward branch.
 
   For each step (frame t = k forward, t = T-1-k backward), with memory M (initially mean_t X^l):
     a = ReLU(phi1(M)), c = ReLU(phi2(X^h_t)), s = mean_ij (a - c)^2,
