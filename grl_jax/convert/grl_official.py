@@ -135,12 +135,8 @@ def infer_grl_official(cnn: State, siamese: State) -> dict:
                             '(is this a flysnowtiger/GRL checkpoint?)')
     return np.asarray(state[key]).shape
   width = need(cnn, 'backbone.base.0.weight', 'cnn')[0]
-  stages = []
-  for s in range(1, 5):
-    n = 0
-    while f'backbone.base.{3 + s}.{n}.conv1.weight' in cnn:
-      n += 1
-    stages.append(n)
+  # The official trunk is an nn.Sequential: stage s is its child 3 + s.
+  stages = tl.stage_sizes(cnn, lambda s, j: f'backbone.base.{3 + s}.{j}.conv1.weight')
   d = 32 * width
   trl = next((b for b, _ in _TRL_NAMES.values() if f'{b}.forward_f1.0.weight' in cnn), None)
   if trl is None:

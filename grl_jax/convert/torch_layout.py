@@ -32,6 +32,18 @@ _BLOCK = re.compile(r'^layer(\d+)_(\d+)$')
 _BLOCK_SUB = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
 
 
+def stage_sizes(state, block_key) -> tuple[int, ...]:
+  """Bottlenecks per ResNet stage, counted from the keys: `block_key(s, j)` is the key of the
+  first conv of block j of stage s (1..4)."""
+  sizes = []
+  for s in range(1, 5):
+    j = 0
+    while block_key(s, j) in state:
+      j += 1
+    sizes.append(j)
+  return tuple(sizes)
+
+
 def torch_to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
   """PyTorch tensor layout -> Flax (conv OIHW -> HWIO, linear (out, in) -> (in, out))."""
   value = np.asarray(value)

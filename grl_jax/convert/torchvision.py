@@ -37,13 +37,8 @@ def infer(sources: Mapping[str, State], source: str = 'torchvision-resnet50') ->
   if 'conv1.weight' not in state:
     raise ConversionError(f"{source}: missing key 'conv1.weight' (is this a torchvision ResNet "
                           'state dict?)')
-  stages = []
-  for s in range(1, 5):
-    n = 0
-    while f'layer{s}.{n}.conv1.weight' in state:
-      n += 1
-    stages.append(n)
-  return dict(stage_sizes=tuple(stages), resnet_width=int(state['conv1.weight'].shape[0]))
+  stages = tl.stage_sizes(state, lambda s, j: f'layer{s}.{j}.conv1.weight')
+  return dict(stage_sizes=stages, resnet_width=int(state['conv1.weight'].shape[0]))
 
 
 def _ignore(part: str, key: str) -> bool:
