@@ -30,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from grl_jax import checkpoint  # noqa: E402
 from grl_jax import sharding  # noqa: E402
+from grl_jax import schema  # noqa: E402
 from grl_jax import validation  # noqa: E402
 from grl_jax.trainer import setup as setup_lib  # noqa: E402
 
@@ -99,7 +100,7 @@ def run(config, steps: int, num_classes: int) -> dict:
   state = setup.init_state(int(config.seed))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  b = setup.global_batch_size
+  b = schema.global_batch_size(config, schema.mesh_devices(config, jax.device_count()))
   batch = sharding.to_global(random_batch(config, b // jax.process_count(), num_classes),
                              setup.mesh)
   t0 = time.perf_counter()

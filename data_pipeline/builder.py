@@ -33,11 +33,14 @@ class Data:
       pid, camid, tracklet int32[b]} for steps start_step, start_step + 1, ...
     eval_batches: split index -> iterator of this process's eval batches {frames, tracklet}
       (tracklet -1 = padding), covering every clip of every tracklet.
+    global_batch_size: clips per training step over all processes (what train_batches
+      slices).
   """
   dataset: Dataset
   steps_per_epoch: int
   train_batches: Callable[[int], Iterator[dict]]
   eval_batches: Callable[[TrackletIndex], Iterator[dict]]
+  global_batch_size: int
 
 
 def data_root(config, workdir: str) -> str:
@@ -125,4 +128,4 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
     return pipeline.eval_iterator(index, d, batch_size=int(config.eval.batch_size),
                                   process_index=process_index, process_count=process_count)
 
-  return Data(dataset, spe, train_batches, eval_batches)
+  return Data(dataset, spe, train_batches, eval_batches, global_batch_size)

@@ -97,14 +97,14 @@ class Dataset:
     train: training tracklets, pids relabelled to 0..num_train_ids-1.
     query: query tracklets (original pids).
     gallery: gallery tracklets for `protocol` (original pids).
-    protocol: 'official', 'torchreid' or 'cas' (see grl_jax.evaluation).
+    protocol: one of grl_jax/schema.py PROTOCOLS (its rules: grl_jax/evaluation/).
     meta: free-form facts (root, split id, original train pids, ...).
   """
   name: str
   train: TrackletIndex
   query: TrackletIndex
   gallery: TrackletIndex
-  protocol: str = 'torchreid'
+  protocol: str
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property

@@ -63,7 +63,7 @@ def evaluate(config, workdir: str, *, step: Optional[int] = None, data=None) -> 
   if jax.process_index() == 0:
     ckpt_lib.dump_json(io.join(workdir, f'eval_step{s}.json'),
                        dict(scalars, cmc=np.asarray(results['cmc']).tolist(),
-                            protocol=config.data.protocol,
+                            protocol=data.dataset.protocol,
                             test_sampling=config.data.test_sampling))
     png = ranked_list.write(setup, data, qf, gf, workdir, s)
     if png:

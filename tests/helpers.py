@@ -201,7 +201,7 @@ def toy_data(config, num_ids: int = 8, per_id: int = 4):
       pid = np.where(valid, index.pids[np.clip(rows, 0, n - 1)], 0)
       yield {'frames': _frames(pid, rng), 'tracklet': rows}
 
-  return Data(dataset, steps_per_epoch, train_batches, eval_batches)
+  return Data(dataset, steps_per_epoch, train_batches, eval_batches, batch)
 
 
 def flat_params(params) -> dict[str, np.ndarray]:

@@ -26,5 +26,5 @@ def write(setup, data, qf: np.ndarray, gf: np.ndarray, workdir: str,
   path = io.join(workdir, f'ranked_list_step{step}.png')
   visualize.ranked_list_picture_from_distances(
       dist, ds.query.subset(rows), ds.gallery, range(len(rows)), path, top_k=10,
-      protocol=config.data.protocol)
+      protocol=ds.protocol)
   return path

@@ -1,5 +1,6 @@
 """Re-ID metrics of a model: CMC / mAP / mINP of its query vs gallery features under the
-config's protocol (the rules live in grl_jax/evaluation.py)."""
+dataset's protocol: the reader composed the gallery for it (data_pipeline/datasets/common.py),
+grl_jax/evaluation/ applies its AP and junk rules."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,12 +10,12 @@ from grl_jax.evaluators import features
 
 
 def run(setup, variables, data) -> tuple[dict, np.ndarray, np.ndarray]:
-  """(results, query features, gallery features) under `setup.config.data.protocol`."""
+  """(results, query features, gallery features) under `data.dataset.protocol`."""
   ds = data.dataset
   qf, gf = features.split_features(setup, variables, data)
   results = evaluation.evaluate_features(
       qf, gf, ds.query.pids, ds.gallery.pids, ds.query.camids, ds.gallery.camids,
-      metric=setup.spec.descriptor_distance, protocol=setup.config.data.protocol,
+      metric=setup.spec.descriptor_distance, protocol=ds.protocol,
       max_rank=int(setup.config.eval.max_rank))
   return results, qf, gf
 

@@ -111,7 +111,7 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
     say(f'[init] {config.model.name}: {n_params:,} parameters; {num_classes} training ids; '
         f'{len(data.dataset.query)} queries, {len(data.dataset.gallery)} gallery tracklets; '
         f'mesh {dict(setup.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} '
-        f'device(s), {jax.process_count()} process(es); batch {setup.global_batch_size}; '
+        f'device(s), {jax.process_count()} process(es); batch {data.global_batch_size}; '
         f'{setup.steps_per_epoch} steps/epoch, {setup.num_steps} steps; '
         f'{config.accel} preset')
     say(f'[init] lr groups: {optim.describe_groups(state.params, config.optim)}')
@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
           if means is not None and (step % log_every == 0 or step == setup.num_steps
                                     or step == start + 1):
             reporter.train_progress(step, means, float(setup.lr_schedule(step - 1)),
-                                    chrono.tick(step), setup.global_batch_size, chrono.elapsed())
+                                    chrono.tick(step), data.global_batch_size, chrono.elapsed())
         if is_eval:
           chrono.pause()
           results, qf, gf = do_eval(state, step, 'final' if step == setup.num_steps else 'eval')

@@ -39,7 +39,6 @@ class Setup:
   num_classes: int
   steps_per_epoch: int
   num_steps: int
-  global_batch_size: int
   state_sharding: Any
   abstract_state: Any
   train_step: Any   # jitted
@@ -75,13 +74,12 @@ def _init_fn(model, objective, tx, config):
 
 
 def build(config, *, num_classes: int, steps_per_epoch: int, train: bool = True) -> Setup:
-  """Model, objective, optimiser and the jitted step functions over the config's mesh."""
-  n_dev = schema.mesh_devices(config, jax.device_count())
+  """Model, objective, optimiser and the jitted step functions over the config's mesh (the
+  steps take whatever global batch they are given: its size is the data side's)."""
   mesh = sharding.make_mesh(int(config.mesh.data))
   spec = models.get(config.model.name)
   model = spec.build(config.model, num_classes)
   objective = spec.objective(config.loss, num_classes) if train else None
-  batch = schema.global_batch_size(config, n_dev)
   num_steps = schema.total_steps(config, steps_per_epoch)
 
   # Parameter paths (for the lr groups) from shapes only: no compute.
@@ -102,7 +100,7 @@ def build(config, *, num_classes: int, steps_per_epoch: int, train: bool = True)
                       out_shardings=(rep, rep))
   return Setup(config=config, mesh=mesh, spec=spec, model=model, objective=objective, tx=tx,
                lr_schedule=schedule, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
-               num_steps=num_steps, global_batch_size=batch, state_sharding=state_sharding,
+               num_steps=num_steps, state_sharding=state_sharding,
                abstract_state=abstract_state, train_step=train_step, eval_step=eval_step)
 
 
