@@ -20,6 +20,10 @@ Usage:
   python -m benchmarks.evaluation --reference           # + the torchreid-style loop, 1980x9330
                                                          # (run from the repository root: the
                                                          # loop lives in tests/test_evaluation.py)
+  python benchmarks/evaluation.py --memmap --protocols official --repeats 1
+      # 1,980 queries x a 500,000 x 2,048 float32 gallery (3.8 GiB) written to a temporary .npy
+      # and evaluated through np.load(..., mmap_mode='r'); --memmap_rows N changes the size,
+      # --cold evicts the file from the page cache first, --top_k K also times top_k.
 """
 from __future__ import annotations
 
@@ -156,6 +160,119 @@ def run_one(protocol: str, scale: int, repeats: int) -> dict:
   }
 
 
+def write_memmap_problem(path: str, num_gallery: int, seed: int = 0) -> None:
+  """Writes gallery features f32[num_gallery, DIM] to `path` (.npy) and labels to path.npz.
+
+  MARS proportions (junk 7%, distractors 16%, ~19.5 tracklets per id, 6 cameras); the 1,980
+  queries are separate samples of ids that appear under at least two gallery cameras. Rows
+  are generated and written in blocks with plain file writes, so this process stays small.
+  """
+  rng = np.random.default_rng(seed)
+  n_junk = int(num_gallery * NUM_JUNK / NUM_TEST)
+  n_dis = int(num_gallery * NUM_DISTRACTORS / NUM_TEST)
+  n_real = num_gallery - n_junk - n_dis
+  n_ids = max(1, round(NUM_IDS * num_gallery / NUM_TEST))
+  g_pids = np.concatenate([rng.integers(1, n_ids + 1, n_real), np.zeros(n_dis, np.int64),
+                           -np.ones(n_junk, np.int64)])
+  g_camids = rng.integers(0, NUM_CAMS, num_gallery)
+  real = g_pids > 0
+  cams = np.zeros((n_ids + 1, NUM_CAMS), bool)
+  cams[g_pids[real], g_camids[real]] = True
+  eligible = np.nonzero(cams.sum(1) > 1)[0]
+  q_pids = np.sort(rng.choice(eligible, NUM_QUERIES, replace=len(eligible) < NUM_QUERIES))
+  q_camids = rng.integers(0, NUM_CAMS, NUM_QUERIES)
+  centres = rng.standard_normal((n_ids + 1, DIM), dtype=np.float32)
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  scale = np.float32(NOISE / np.sqrt(DIM))
+
+  def feats(pids):
+    block = rng.standard_normal((len(pids), DIM), dtype=np.float32)
+    block *= scale
+    own = pids > 0
+    block[own] += centres[pids[own]]
+    block[~own] += rng.standard_normal((int((~own).sum()), DIM),
+                                       dtype=np.float32) / np.float32(np.sqrt(DIM))
+    return block
+
+  with open(path, 'wb') as f:
+    np.lib.format.write_array_header_2_0(
+        f, {'descr': '<f4', 'fortran_order': False, 'shape': (num_gallery, DIM)})
+    for s in range(0, num_gallery, 8192):
+      f.write(feats(g_pids[s:s + 8192]).tobytes())
+  np.savez(path + '.npz', qf=feats(q_pids), q_pids=q_pids, q_camids=q_camids, g_pids=g_pids,
+           g_camids=g_camids)
+
+
+def _evict_page_cache(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+  finally:
+    os.close(fd)
+
+
+def run_memmap(protocol: str, path: str, repeats: int, cold: bool, k: int) -> dict:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import jax  # noqa: F401  (the runtime belongs in the baseline)
+  from grl_jax import evaluation as ev
+  labels = np.load(path + '.npz')
+  gf = np.load(path, mmap_mode='r')
+  args = (labels['qf'], gf, labels['q_pids'], labels['g_pids'], labels['q_camids'],
+          labels['g_camids'])
+  baseline = _current_rss_mib()
+  phase_peak_ok = _reset_peak_rss()
+  times, result, topk_times = [], None, []
+  for _ in range(repeats):
+    if cold:
+      _evict_page_cache(path)
+    t0 = time.perf_counter()
+    result = ev.evaluate_features(*args, metric='euclidean', protocol=protocol)
+    times.append(time.perf_counter() - t0)
+  for _ in range(repeats if k else 0):
+    if cold:
+      _evict_page_cache(path)
+    t0 = time.perf_counter()
+    ev.top_k(args[0], gf, k, 'euclidean')
+    topk_times.append(time.perf_counter() - t0)
+  return {
+      'protocol': protocol, 'num_query': int(args[0].shape[0]), 'num_gallery': int(gf.shape[0]),
+      'times_s': times, 'top_k_times_s': topk_times, 'baseline_rss_mib': baseline,
+      'peak_rss_mib': _vm_hwm_mib() if phase_peak_ok else _rss_mib(),
+      'peak_is_phase_only': phase_peak_ok, 'process_peak_mib': _rss_mib(),
+      'mAP': result['mAP'], 'rank1': result['rank1'], 'mINP': result['mINP'],
+      'num_valid_queries': result['num_valid_queries'],
+  }
+
+
+def main_memmap(args) -> None:
+  import tempfile
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+    path = os.path.join(tmp, 'gallery.npy')
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, '--write_memmap', path, str(args.memmap_rows)],
+                   check=True, env=env)
+    print(f'wrote {args.memmap_rows} x {DIM} float32 ({os.path.getsize(path) / 2**30:.2f} GiB) '
+          f'to {path} in {time.perf_counter() - t0:.1f} s', flush=True)
+    for protocol in args.protocols:
+      cmd = [sys.executable, __file__, '--memmap_child', protocol, path, '--repeats',
+             str(args.repeats), '--top_k', str(args.top_k)] + (['--cold'] if args.cold else [])
+      out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      topk = ''
+      if r['top_k_times_s']:
+        topk = f" | top_k({args.top_k}) {', '.join(f'{t:.1f}' for t in r['top_k_times_s'])} s"
+      print(f"{protocol:9s} memmap {r['num_query']}x{r['num_gallery']}"
+            f"{' (cold page cache)' if args.cold else ''}: evaluate_features "
+            f"{', '.join(f'{t:.1f}' for t in r['times_s'])} s (first includes jit){topk} | RSS "
+            f"baseline {r['baseline_rss_mib']:.0f} MiB, peak during evaluation "
+            f"{r['peak_rss_mib']:.0f} MiB"
+            f"{'' if r['peak_is_phase_only'] else ' (process peak: VmHWM reset denied)'} | "
+            f"mAP {r['mAP']:.4f} R1 {r['rank1']:.4f} mINP {r['mINP']:.4f} valid "
+            f"{r['num_valid_queries']}", flush=True)
+
+
 def run_reference() -> dict:
   from grl_jax import evaluation as ev
   from tests.test_evaluation import torchreid_reference
@@ -176,10 +293,30 @@ def main():
   parser.add_argument('--gallery_scale', nargs='+', type=int, default=[1])
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--reference', action='store_true')
+  parser.add_argument('--memmap', action='store_true',
+                      help='evaluate a gallery written to a temporary .npy, memory-mapped')
+  parser.add_argument('--memmap_rows', type=int, default=500_000)
+  parser.add_argument('--cold', action='store_true', help='evict the .npy from the page cache')
+  parser.add_argument('--top_k', type=int, default=0, help='also time top_k with this k')
+  parser.add_argument('--tmpdir', default=None, help='where the temporary .npy goes')
   parser.add_argument('--child', nargs=2, metavar=('PROTOCOL', 'SCALE'), help=argparse.SUPPRESS)
+  parser.add_argument('--memmap_child', nargs=2, help=argparse.SUPPRESS)
+  parser.add_argument('--write_memmap', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     print(json.dumps(run_one(args.child[0], int(args.child[1]), args.repeats)))
+    return
+  if args.write_memmap:
+    write_memmap_problem(args.write_memmap[0], int(args.write_memmap[1]))
+    return
+  if args.memmap_child:
+    print(json.dumps(run_memmap(args.memmap_child[0], args.memmap_child[1], args.repeats,
+                                args.cold, args.top_k)))
+    return
+  if args.memmap:
+    print(f'load average before: {os.getloadavg()}  cpus: {os.cpu_count()}')
+    main_memmap(args)
+    print(f'load average after: {os.getloadavg()}')
     return
   print(f'load average before: {os.getloadavg()}  cpus: {os.cpu_count()}')
   for scale in args.gallery_scale:

@@ -418,3 +418,89 @@ def test_jax_inputs_and_float64_distmat():
   a = ev.evaluate(distmat.astype(np.float64), q_pids, g_pids, q_camids, g_camids)
   b = ev.evaluate(distmat, q_pids, g_pids, q_camids, g_camids)
   assert a['mAP'] == b['mAP'] and np.array_equal(a['cmc'], b['cmc'])
+
+
+# ------------------------------------------------------------------------------------------------
+# Gallery streamed in blocks (grl_jax/evaluation/blocked.py, gallery.py, features.py).
+
+
+def _distmat_tiles(distmat, block, chunk):
+  nq, ng = distmat.shape
+  for b0 in range(0, ng, block):
+    for q0 in range(0, nq, chunk):
+      q1, b1 = min(q0 + chunk, nq), min(b0 + block, ng)
+      yield q0, q1, np.arange(b0, b1), distmat[q0:q1, b0:b1]
+
+
+def _tie_problem(seed, nq=23, ng=97):
+  rng = np.random.default_rng(seed)
+  distmat, q_pids, g_pids, q_camids, g_camids = random_problem(
+      rng, nq, ng, num_ids=5, junk_frac=0.15, minus_one_queries=2)
+  return (np.round(distmat * 6) / 6).astype(np.float32), q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize('protocol,limit', [('torchreid', None), ('cas', None),
+                                            ('official', None), ('official', 40)])
+@pytest.mark.parametrize('block,chunk', [(1, 23), (10, 4), (97, 23)])
+def test_gallery_blocked_equals_whole_rows(protocol, limit, block, chunk):
+  from grl_jax.evaluation.blocked import evaluate_tiles
+  distmat, q_pids, g_pids, q_camids, g_camids = _tie_problem(0)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    a = ev.evaluate(distmat, q_pids, g_pids, q_camids, g_camids, protocol=protocol,
+                    max_rank=30, official_scan_limit=limit)
+    b = evaluate_tiles(_distmat_tiles(distmat, block, chunk), q_pids, g_pids, q_camids,
+                       g_camids, lambda r, c: distmat[r, c], protocol=protocol, max_rank=30,
+                       official_scan_limit=limit)
+  np.testing.assert_allclose(b['cmc'], a['cmc'], atol=1e-12, rtol=0)
+  assert abs(a['mAP'] - b['mAP']) < 1e-12 and abs(a['mINP'] - b['mINP']) < 1e-12
+  assert (a['num_queries'], a['num_valid_queries']) == (b['num_queries'],
+                                                        b['num_valid_queries'])
+
+
+def _feature_problem(seed, nq=19, ng=83, dim=6):
+  rng = np.random.default_rng(seed)
+  _, q_pids, g_pids, q_camids, g_camids = random_problem(rng, nq, ng, num_ids=5,
+                                                         junk_frac=0.15, minus_one_queries=1)
+  # Integer-valued features: many exactly equal distances (duplicated gallery rows too).
+  qf = rng.integers(-1, 2, (nq, dim)).astype(np.float32)
+  gf = rng.integers(-1, 2, (ng, dim)).astype(np.float32)
+  gf[40:50] = gf[30:40]
+  return qf, gf, q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize('protocol', ['torchreid', 'cas', 'official'])
+def test_memmap_gallery_equals_in_memory(tmp_path, protocol):
+  qf, gf, q_pids, g_pids, q_camids, g_camids = _feature_problem(1)
+  np.save(tmp_path / 'g.npy', gf)
+  gm = np.load(tmp_path / 'g.npy', mmap_mode='r')
+  kw = dict(metric='euclidean', protocol=protocol, max_rank=20)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    ref = ev.evaluate(ev.pairwise_distance(qf, gf, 'euclidean'), q_pids, g_pids, q_camids,
+                      g_camids, protocol=protocol, max_rank=20)
+    mem = ev.evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, **kw)
+    mapped = ev.evaluate_features(qf, gm, q_pids, g_pids, q_camids, g_camids, **kw,
+                                  gallery_block=16, chunk_size=7)
+  for r in (mem, mapped):
+    np.testing.assert_allclose(r['cmc'], ref['cmc'], atol=1e-12, rtol=0)
+    assert abs(r['mAP'] - ref['mAP']) < 1e-12 and abs(r['mINP'] - ref['mINP']) < 1e-12
+  assert np.array_equal(gm, gf)  # pages released, data intact
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'dot'])
+def test_top_k_matches_stable_argsort(tmp_path, metric):
+  qf, gf, *_ = _feature_problem(2)
+  np.save(tmp_path / 'g.npy', gf)
+  d = ev.pairwise_distance(qf, gf, metric)
+  order = np.argsort(d, axis=1, kind='stable')
+  for g, block, k in ((gf, None, 83), (np.load(tmp_path / 'g.npy', mmap_mode='r'), 10, 12)):
+    idx, dist = ev.top_k(qf, g, k, metric, gallery_block=block)
+    assert idx.dtype == np.int64 and dist.dtype == np.float32 and idx.shape == (19, k)
+    np.testing.assert_array_equal(idx, order[:, :k])
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, order[:, :k], axis=1))
+  from grl_jax import errors
+  with pytest.raises(errors.ConfigError, match='k must be'):
+    ev.top_k(qf, gf, 84)
+  with pytest.raises(errors.ConfigError, match='gallery_block'):
+    ev.top_k(qf, gf, 3, gallery_block=0)

@@ -1,5 +1,6 @@
 """CMC / mAP / mINP of ranked galleries under the three protocols (grl_jax/evaluation/__init__.py
-gives the exact rules), from a distance matrix or straight from features in blocks."""
+gives the exact rules) of a distance matrix, in query chunks; grl_jax/evaluation/blocked.py
+streams the gallery instead."""
 from __future__ import annotations
 
 import warnings
@@ -8,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from grl_jax import schema
-from grl_jax.evaluation.distances import distance_blocks
 
 # Elements of one [chunk, Ng] working block; 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 2**23
@@ -309,28 +309,4 @@ def evaluate(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
   step = chunk_size or _auto_chunk(ng)
   for s in range(0, nq, step):
     acc.add(distmat[s:s + step], q_pids[s:s + step], q_camids[s:s + step])
-  return acc.result()
-
-
-def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 'euclidean',
-                      protocol: str = 'torchreid', max_rank: int = 50,
-                      chunk_size: int | None = None,
-                      official_scan_limit: int | None = None) -> dict[str, Any]:
-  """`evaluate(pairwise_distance(qf, gf, metric), ...)` without the full distance matrix.
-
-  Distances are computed on the device one query chunk at a time and evaluated at once, so the
-  peak is the features (and their device copy) plus O(chunk_size x Ng) working memory.
-
-  Args:
-    qf: float[Nq, D]; gf: float[Ng, D] (numpy or jax arrays).
-    metric: see `pairwise_distance`.
-    chunk_size: queries per chunk (default: about 2**23 / Ng, at most 1024).
-    Others: see `evaluate`.
-  """
-  nq, ng = qf.shape[0], gf.shape[0]
-  q_pids, q_camids = _ids(q_pids, 'q_pids', nq), _ids(q_camids, 'q_camids', nq)
-  g_pids, g_camids = _ids(g_pids, 'g_pids', ng), _ids(g_camids, 'g_camids', ng)
-  acc = _Accumulator(g_pids, g_camids, protocol, max_rank, official_scan_limit)
-  for start, stop, d in distance_blocks(qf, gf, metric, chunk_size or _auto_chunk(ng)):
-    acc.add(d, q_pids[start:stop], q_camids[start:stop])
   return acc.result()
