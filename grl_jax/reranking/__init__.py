@@ -20,8 +20,8 @@ With N = Nq + Ng items (queries first):
 Neighbourhoods larger than N are truncated to N, like the reference's slices.
 
 Memory and what is still O(N^2). Nothing of size N x N is allocated: S is handed out in blocks
-of `block_size` rows (sources.py), read twice (neighbour lists, then the weights of R*), so
-device memory is O(block_size x N). What is kept for all items:
+of `block_size` rows (sources.py) and read once, for the neighbour lists; the weights of R*
+read S only at its members. Device memory is O(block_size x N). What is kept for all items:
   * the neighbour lists, int32[N, max(k1 + 1, k2)];
   * V as top-k style sparse rows, int32 column indices + float32 weights of width L <= the
     largest |R*(i)| (at most (k1 + 1)(round(k1 / 2) + 2)), and after query expansion width <=
@@ -71,24 +71,30 @@ def _rerank(source, k1: int, k2: int, lam: float, block_size: int) -> np.ndarray
   k = max(kr, kq)
   ranges, pad = _blocks(n, block_size)
 
-  # Pass 1: row maxima and neighbour lists. Dispatch is asynchronous, so the host cuts block
-  # b + 1 of S while the device ranks block b.
-  parts = [encoding.neighbours_block(source.rows(s, t, pad), k) for s, t in ranges]
-  row_max = jnp.concatenate([m[:t - s] for (s, t), (m, _) in zip(ranges, parts)])
-  nbr = jnp.concatenate([i[:t - s] for (s, t), (_, i) in zip(ranges, parts)])
-  del parts
+  # Pass 1: row maxima and neighbour lists. Dispatch is asynchronous: the host cuts block
+  # b + 1 of S while the device ranks block b; waiting for b then keeps one block in flight.
+  maxima, lists, previous = [], [], None
+  for s, t in ranges:
+    m, i = encoding.neighbours_block(source.rows(s, t, pad), k)
+    if previous is not None:
+      previous.block_until_ready()
+    maxima.append(m[:t - s])
+    lists.append(i[:t - s])
+    previous = i
+  row_max, nbr = jnp.concatenate(maxima), jnp.concatenate(lists)
+  del maxima, lists, previous
   recip_h = encoding.reciprocal_mask(nbr, jnp.arange(n, dtype=jnp.int32), kh)
   table = jnp.asarray(encoding.acceptance_table(kh))
 
-  # Pass 2: expanded reciprocal sets and their weights (needs d at arbitrary members of R*).
-  v_idx, v_val = [], []
+  # Expanded reciprocal sets, then their weights from S at just those entries.
+  members = []
   for s, t in ranges:
     ids = jnp.asarray(np.minimum(np.arange(s, s + pad), t - 1).astype(np.int32))
-    i, w = encoding.expansion_block(source.rows(s, t, pad), row_max[ids], ids, nbr, recip_h,
-                                    table, kr, kh)
-    v_idx.append(i[:t - s])
-    v_val.append(w[:t - s])
-  v_idx, v_val = _compact(jnp.concatenate(v_idx), jnp.concatenate(v_val), n)
+    members.append(encoding.expansion_block(ids, nbr, recip_h, table, kr, kh)[:t - s])
+  v_idx = jnp.concatenate(members)
+  del members
+  v_idx = v_idx[:, :_round_width(int(encoding.row_counts(v_idx, jnp.int32(n))), v_idx.shape[1])]
+  v_val = encoding.weights(v_idx, source.entries(v_idx), row_max)
 
   if k2 != 1:
     qe_idx, qe_val = [], []
@@ -164,8 +170,9 @@ def re_ranking_features(qf, gf, metric: str = 'euclidean', k1: int = 20, k2: int
   """Re-ranked distances straight from descriptors: what a re-ID evaluator calls.
 
   Equals `re_ranking` of the three `grl_jax.evaluation.pairwise_distance` matrices (up to
-  float32 rounding of the distances) without ever holding them: every block of distances is
-  computed on the device when needed (twice per row in all, an N x N x D matmul each time).
+  float32 rounding of the distances) without ever holding them: blocks of distances are
+  computed on the device when needed (one N x N x D matmul for the neighbour lists, Nq x Ng x D
+  for the final rows, and dot products at the members of each R*).
 
   Args:
     qf: float[Nq, D] query descriptors; gf: float[Ng, D] gallery descriptors.

@@ -69,15 +69,13 @@ def _sort_unique(keys: jax.Array, sentinel: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=('k1', 'kh'))
-def expansion_block(sq, row_max, rows, nbr, recip_h, table, k1: int, kh: int):
-  """Sparse rows of V for a block of items: the expanded k-reciprocal set and its weights.
+def expansion_block(rows, nbr, recip_h, table, k1: int, kh: int) -> jax.Array:
+  """Expanded k-reciprocal sets of a block of items.
 
   R*(i) = R(i, k1) united with every R(c, kh) (c in R(i, k1)) that shares more than 2/3 of its
-  members with R(i, k1); V[i, j] = exp(-d(i, j)) / sum_{j' in R*(i)} exp(-d(i, j')) on R*(i).
+  members with R(i, k1).
 
   Args:
-    sq: f32[B, N] squared-distance rows of the block (padding rows arbitrary).
-    row_max: f32[B] their maxima (d = sq / row_max).
     rows: int32[B] item index of each row.
     nbr: int32[N, K] ascending neighbour lists of all items (K >= k1).
     recip_h: bool[N, kh] `reciprocal_mask` of all items for kh.
@@ -86,7 +84,7 @@ def expansion_block(sq, row_max, rows, nbr, recip_h, table, k1: int, kh: int):
       to N).
 
   Returns:
-    (int32[B, L] sorted unique members, N in empty slots; f32[B, L] weights), L = k1 (1 + kh).
+    int32[B, L] sorted unique members, valid first, N in empty slots; L = k1 (1 + kh).
   """
   n = nbr.shape[0]
   b = rows.shape[0]
@@ -101,10 +99,22 @@ def expansion_block(sq, row_max, rows, nbr, recip_h, table, k1: int, kh: int):
   members = jnp.concatenate([fwd, cand.reshape(b, k1 * kh)], axis=1)
   valid = jnp.concatenate([r1, (accept[..., None] & cand_ok).reshape(b, k1 * kh)], axis=1)
   idx, _ = _sort_unique(jnp.where(valid, members, n), n)
-  present = idx < n
-  d = jnp.take_along_axis(sq, jnp.minimum(idx, n - 1), axis=1) / row_max[:, None]
-  w = jnp.where(present, jnp.exp(-d), 0.0)
-  return idx, w / jnp.sum(w, axis=1, keepdims=True)
+  return idx
+
+
+@jax.jit
+def weights(idx: jax.Array, sq: jax.Array, row_max: jax.Array) -> jax.Array:
+  """V on R*(i): exp(-d(i, j)) / sum_{j' in R*(i)} exp(-d(i, j')).
+
+  Args:
+    idx: int32[N, L] members (N in empty slots); sq: f32[N, L] squared distances S[j, i] at
+      them (anything in empty slots); row_max: f32[N] the maxima, d = sq / row_max.
+
+  Returns:
+    f32[N, L], 0 in empty slots.
+  """
+  w = jnp.where(idx < idx.shape[0], jnp.exp(-(sq / row_max[:, None])), 0.0)
+  return w / jnp.sum(w, axis=1, keepdims=True)
 
 
 @functools.partial(jax.jit, static_argnames=('k2',))

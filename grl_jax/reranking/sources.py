@@ -80,6 +80,19 @@ class MatrixSource:
     out[stop - start:] = out[stop - start - 1]
     return _square(jax.device_put(out))
 
+  def entries(self, idx: jax.Array) -> jax.Array:
+    """f32[N, L]: S[idx[i, l], i] squared (0 where idx is the sentinel N), read on the host."""
+    idx = np.asarray(idx)
+    nq, n = self.nq, self.n
+    i = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    out = np.zeros(idx.shape, np.float32)
+    for e_q, i_q, x, flip in ((True, True, self.q_q, False), (False, True, self.q_g, True),
+                              (True, False, self.q_g, False), (False, False, self.g_g, False)):
+      sel = (idx < n) & ((idx < nq) == e_q) & ((i < nq) == i_q)
+      e, c = idx[sel] - (0 if e_q else nq), i[sel] - (0 if i_q else nq)
+      out[sel] = np.asarray(x)[(c, e) if flip else (e, c)]   # S[e, i] with S's blocks
+    return _square(jax.device_put(out))
+
   def query_gallery(self, start: int, stop: int, pad: int) -> jax.Array:
     """f32[pad, Ng]: squared q_g rows start..stop-1 (then the last one repeated)."""
     out = np.empty((pad, self.ng), np.float32)
@@ -107,6 +120,16 @@ def _sq_distance(x, y, y_sq, metric: str):
   return (1.0 - cos) ** 2
 
 
+@functools.partial(jax.jit, static_argnames=('metric',))
+def _sq_entries(f, f_sq, rows, idx, metric: str):
+  """f32[B, L] squared distances between items rows[b] and idx[b, l], as _sq_distance."""
+  xy = jnp.einsum('bd,bld->bl', f[rows], f[idx], precision=jax.lax.Precision.HIGHEST)
+  if metric == 'euclidean':
+    return jnp.maximum(f_sq[rows][:, None] + f_sq[idx] - 2.0 * xy, 0.0)
+  norm = jnp.maximum(jnp.sqrt(f_sq), _NORM_EPS)
+  return (1.0 - xy / (norm[rows][:, None] * norm[idx])) ** 2
+
+
 class FeatureSource:
   """Rows of S^T computed on the device from descriptors; S itself never exists."""
 
@@ -129,6 +152,19 @@ class FeatureSource:
   def rows(self, start: int, stop: int, pad: int) -> jax.Array:
     x = self.all[jnp.asarray(_pad_ids(start, stop, pad))]
     return _sq_distance(x, self.all, self.all_sq, self.metric)
+
+  def entries(self, idx: jax.Array) -> jax.Array:
+    """f32[N, L]: squared distance of item i to item idx[i, l] (anything at the sentinel).
+
+    In row chunks whose gathered descriptors, [rows, L, D], stay near 2**24 floats (64 MiB).
+    """
+    idx = jnp.minimum(idx, self.n - 1)
+    rows = max(1, min(self.n, 2**24 // (idx.shape[1] * self.all.shape[1])))
+    out = []
+    for s in range(0, self.n, rows):
+      ids = jnp.asarray(_pad_ids(s, min(s + rows, self.n), rows))
+      out.append(_sq_entries(self.all, self.all_sq, ids, idx[ids], self.metric)[:self.n - s])
+    return jnp.concatenate(out)
 
   def query_gallery(self, start: int, stop: int, pad: int) -> jax.Array:
     x = self.all[jnp.asarray(_pad_ids(start, stop, pad))]
