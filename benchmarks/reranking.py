@@ -26,18 +26,11 @@ import time
 
 import numpy as np
 
+from benchmarks.evaluation import _reset_peak_rss as _reset_peak
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TORCHREID = os.path.join(ROOT, 'scratch', 'deep-person-reid', 'torchreid', 'utils',
                                  'rerank.py')
-
-
-def _reset_peak() -> bool:
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
 
 
 def _status_mib(field: str) -> float:
