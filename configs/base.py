@@ -24,7 +24,9 @@ Schema (every field has a default here, so a recipe can only change existing fie
   loss.*                    owned by the recipe (objective options).
   optim.*                   see `_optim_defaults` (read by grl_jax.optim).
   train.*                   see `_train_defaults` (read by grl_jax/trainer/).
-  eval.*                    see `_eval_defaults`.
+  eval.*                    see `_eval_defaults` (shared by the evaluators).
+  evals.<name>              one evaluator each (grl_jax/evaluators/: type 'reid', 'ranked_list',
+                            'gce_map' and that type's fields); metrics are '<name>/<metric>'.
   init.*                    optional warm start from a converted checkpoint (ImageNet ResNet).
   mesh.data                 devices on the 'data' mesh axis; -1 = all devices.
   rng_impl                  JAX PRNG implementation ('rbg', 'threefry2x32', 'unsafe_rbg').
@@ -38,6 +40,7 @@ from typing import Any
 
 import ml_collections
 
+from grl_jax import evaluators
 from grl_jax import schema
 from grl_jax.errors import ConfigError
 
@@ -131,10 +134,15 @@ def _eval_defaults() -> ConfigDict:
       batch_size=32,             # clips per eval batch over all devices
       max_rank=50,
       subset_ids=0,              # > 0: evaluate on the first N query identities only (quick runs)
-      ranked_list=True,          # write a ranked-list PNG after the final evaluation
-      ranked_list_queries=4,
-      best_metric='mAP',         # which metric picks the best checkpoint
+      best_metric='reid/mAP',    # '<evaluator>/<metric>' that picks the best checkpoint
   ))
+
+
+def _evals_defaults() -> ConfigDict:
+  # Every field of each type is present (evaluators.defaults), so overrides such as
+  # --config.evals.reid.rerank=True work on the locked config.
+  return ConfigDict({'reid': evaluators.defaults('reid'),
+                     'ranked_list': evaluators.defaults('ranked_list')})
 
 
 def base_config() -> ConfigDict:
@@ -147,6 +155,7 @@ def base_config() -> ConfigDict:
   config.optim = _optim_defaults()
   config.train = _train_defaults()
   config.eval = _eval_defaults()
+  config.evals = _evals_defaults()
   config.init = ConfigDict(dict(
       checkpoint='',             # checkpoint dir written by grl_jax.convert (or a workdir)
       prefix='',                 # '/'-path in the model's params where its tree goes
@@ -205,6 +214,23 @@ def get_config(dataset: str, model: str = 'grl') -> ConfigDict:
     if section in r:
       _merge(config[section], r[section], f'configs/models/{MODEL_FAMILIES[model]}.py '
              f'recipe({model!r}).{section}')
+  for name, evaluator in dict(r.get('evals', {})).items():   # a recipe may add evaluators
+    config.evals[name] = ConfigDict(dict(evaluator))
+  return config
+
+
+def set_protocols(config: ConfigDict, protocols: str) -> ConfigDict:
+  """Replaces the 'reid' evaluator by one per protocol of `protocols` ('official+cas'), named
+  after it, all computed from the same descriptors; the first one picks the best checkpoint."""
+  names = [p for p in protocols.split('+') if p]
+  for p in names:
+    schema.check_choice(p, schema.PROTOCOLS, 'config argument protocols')
+  reid = config.evals.reid
+  del config.evals['reid']
+  for p in names:
+    config.evals[p] = ConfigDict(dict(reid.to_dict(), protocol=p))
+  metric = str(config.eval.best_metric).split('/', 1)[-1]
+  config.eval.best_metric = f'{names[0]}/{metric}'
   return config
 
 
@@ -235,14 +261,15 @@ def apply_runlocal(config: ConfigDict) -> ConfigDict:
   config.train.eval_every_epochs = 0
   config.eval.batch_size = 4
   config.eval.subset_ids = 5
-  config.eval.ranked_list_queries = 2
+  config.evals.ranked_list.queries = 2
   config.data.test_sampling = 'rrs_test'
   config.data.prefetch = 1
   return config
 
 
 # The `get_config(arg)` arguments every dataset module accepts (configs/{mars,duke,...}.py).
-DATASET_ARGS = dict(model='grl', accel='cpu', root='', runlocal=False)
+# protocols: e.g. 'official+torchreid+cas' reports those side by side (`set_protocols`).
+DATASET_ARGS = dict(model='grl', accel='cpu', root='', runlocal=False, protocols='')
 
 
 def finish_dataset_config(config: ConfigDict, args: ConfigDict) -> ConfigDict:
@@ -252,5 +279,7 @@ def finish_dataset_config(config: ConfigDict, args: ConfigDict) -> ConfigDict:
   apply_accel(config, args.accel)
   if args.runlocal:
     apply_runlocal(config)
+  if args.protocols:
+    set_protocols(config, args.protocols)
   config.lock()
   return config

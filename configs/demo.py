@@ -5,7 +5,8 @@
 What it does: generates the synthetic dataset (data_pipeline/synthetic/) into
 `<workdir>/data` if it is not there, evaluates the untrained model, trains a reduced GRL, evaluates
 again (CMC / mAP table, untrained -> trained summary) and writes a ranked-list picture
-`<workdir>/ranked_list_step<N>.png`.
+`<workdir>/ranked_list_step<N>.png` (and, for GRL, the GCE correlation maps
+`<workdir>/gce_map_step<N>.png`).
 
 The model is the full GRL architecture (ResNet trunk + GCE + bi-directional TRL + heads +
 attention pooling + verifier, same losses and optimiser) made small: one bottleneck per ResNet
@@ -14,7 +15,8 @@ and no ImageNet initialisation. Since it trains from scratch, its learning rate 
 the published recipe's (which fine-tunes ImageNet weights).
 
 `get_config(arg)` arguments: model=grl|nvan|ste_nvan|iaunet (default grl), ids=N training
-identities (default 48), steps=N (default from the schedule below), accel=cpu|gpu|tpu.
+identities (default 48), steps=N (default from the schedule below), accel=cpu|gpu|tpu,
+protocols=official+torchreid+cas (report those protocols side by side, configs/base.py).
 
 The baselines use the same reduced trunk and synthetic data with their own recipe's objective,
 P x K sampler (4 x 4 here) and evaluation protocol (official MARS for NVAN / STE-NVAN, CAS for
@@ -29,7 +31,8 @@ from grl_jax import schema
 
 
 def get_config(arg: str | None = None):
-  args = schema.parse_arg(arg, model='grl', ids=48, test_ids=32, steps=-1, accel='cpu')
+  args = schema.parse_arg(arg, model='grl', ids=48, test_ids=32, steps=-1, accel='cpu',
+                         protocols='')
   config = base.get_config('mars', args.model)
   config.data.root = ''                      # '' + synthetic: <workdir>/data
   if args.model == 'grl':
@@ -68,8 +71,8 @@ def get_config(arg: str | None = None):
   config.train.eval_at_start = True
   config.train.checkpoint_every_steps = 100
   config.eval.batch_size = 16
-  config.eval.ranked_list = True
-  config.eval.ranked_list_queries = 4
   base.apply_accel(config, args.accel)
+  if args.protocols:
+    base.set_protocols(config, args.protocols)
   config.lock()
   return config

@@ -11,6 +11,7 @@ the index: no batch sampler is built, so a dataset without training tracklets ev
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Callable, Iterator, Optional
@@ -31,15 +32,16 @@ class Data:
     steps_per_epoch: optimiser steps per training epoch (0 when built for evaluation only).
     train_batches: start_step -> iterator of this process's batches {frames uint8[b,T,H,W,3],
       pid, camid, tracklet int32[b]} for steps start_step, start_step + 1, ...
-    eval_batches: split index -> iterator of this process's eval batches {frames, tracklet}
-      (tracklet -1 = padding), covering every clip of every tracklet.
+    eval_batches: (index, test_sampling=None) -> iterator of this process's eval batches
+      {frames, tracklet} (tracklet -1 = padding), covering every clip of every tracklet of
+      the index under `test_sampling` (default: config.data.test_sampling).
     global_batch_size: clips per training step over all processes (what train_batches
       slices).
   """
   dataset: Dataset
   steps_per_epoch: int
   train_batches: Callable[[int], Iterator[dict]]
-  eval_batches: Callable[[TrackletIndex], Iterator[dict]]
+  eval_batches: Callable[..., Iterator[dict]]
   global_batch_size: int
 
 
@@ -52,14 +54,17 @@ def data_root(config, workdir: str) -> str:
 
 
 def subset_ids(dataset: Dataset, n: int) -> Dataset:
-  """Query and gallery restricted to the first `n` query identities (junk and distractor
+  """Query and galleries restricted to the first `n` query identities (junk and distractor
   tracklets are dropped): a small but valid retrieval problem for quick runs."""
-  keep = np.unique(dataset.query.pids)[:n]
-  q = np.flatnonzero(np.isin(dataset.query.pids, keep))
-  g = np.flatnonzero(np.isin(dataset.gallery.pids, keep))
-  return dataclasses.replace(dataset, query=dataset.query.subset(q),
-                             gallery=dataset.gallery.subset(g),
-                             meta=dict(dataset.meta, subset_ids=int(n)))
+  test, query_rows, galleries = dataset.test_split()
+  keep = np.unique(test.pids[query_rows])[:n]
+  mine = lambda rows: rows[np.isin(test.pids[rows], keep)]  # noqa: E731
+  galleries = {p: mine(rows) for p, rows in galleries.items()}
+  query_rows = mine(query_rows)
+  return dataclasses.replace(dataset, query=test.subset(query_rows),
+                             gallery=test.subset(galleries[dataset.protocol]),
+                             meta=dict(dataset.meta, subset_ids=int(n)), test=test,
+                             query_rows=query_rows, gallery_rows=galleries)
 
 
 def load_dataset(config, workdir: str, *, is_main: bool = True,
@@ -124,8 +129,12 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
                                    process_index=process_index, process_count=process_count,
                                    num_steps=max(total - start_step, 0))
 
-  def eval_batches(index: TrackletIndex):
-    return pipeline.eval_iterator(index, d, batch_size=int(config.eval.batch_size),
+  def eval_batches(index: TrackletIndex, test_sampling: Optional[str] = None):
+    cfg = d
+    if test_sampling and test_sampling != d.test_sampling:
+      cfg = copy.deepcopy(d)
+      cfg.test_sampling = test_sampling
+    return pipeline.eval_iterator(index, cfg, batch_size=int(config.eval.batch_size),
                                   process_index=process_index, process_count=process_count)
 
   return Data(dataset, spe, train_batches, eval_batches, global_batch_size)

@@ -90,7 +90,12 @@ class TrackletIndex:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A video re-ID dataset ready for training and evaluation under one gallery protocol.
+  """A video re-ID dataset ready for training and evaluation.
+
+  The reader composes the gallery of every protocol from one test index (`test`, each test
+  tracklet once), so evaluators can compute each tracklet's descriptor once and report several
+  protocols side by side (grl_jax/evaluators/); `query` / `gallery` are the views of the
+  configured `protocol`.
 
   Attributes:
     name: reader name ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom').
@@ -99,6 +104,11 @@ class Dataset:
     gallery: gallery tracklets for `protocol` (original pids).
     protocol: one of grl_jax/schema.py PROTOCOLS (its rules: grl_jax/evaluation/).
     meta: free-form facts (root, split id, original train pids, ...).
+    test: every test tracklet the protocols draw from; None for a dataset assembled from a
+      query and a gallery only (then `query + gallery` is the test index and only `protocol`
+      is available).
+    query_rows: int64[Q], the rows of `test` that are the queries.
+    gallery_rows: protocol -> int64[G_p], the rows of `test` that make its gallery, in order.
   """
   name: str
   train: TrackletIndex
@@ -106,6 +116,22 @@ class Dataset:
   gallery: TrackletIndex
   protocol: str
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  test: TrackletIndex | None = None
+  query_rows: np.ndarray | None = None
+  gallery_rows: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def test_split(self) -> tuple[TrackletIndex, np.ndarray, dict[str, np.ndarray]]:
+    """(test index, query rows, {protocol: gallery rows}) as described above."""
+    if self.test is not None:
+      return self.test, np.asarray(self.query_rows, np.int64), dict(self.gallery_rows)
+    nq, ng = len(self.query), len(self.gallery)
+    return (TrackletIndex.concat(self.query, self.gallery), np.arange(nq, dtype=np.int64),
+            {self.protocol: nq + np.arange(ng, dtype=np.int64)})
+
+  @property
+  def protocols(self) -> tuple[str, ...]:
+    """The protocols whose gallery this dataset can compose."""
+    return tuple(self.gallery_rows) if self.test is not None else (self.protocol,)
 
   @property
   def num_train_ids(self) -> int:

@@ -1,14 +1,21 @@
 r"""Command line: train, evaluate or extract features with one config.
 
     python -m grl_jax.main --config=configs/mars.py:model=grl,accel=gpu --workdir=DIR \
-        [--mode=train|eval|extract] [--step=N] [--split=query|gallery|train] [--output=F.npz] \
+        [--mode=train|eval|extract|search] [--step=N] [--split=query|gallery|train] \
+        [--input=FOLDER|F.csv] [--output=F.npz|P.png] [--query=FOLDER --gallery=F.npz --top_k=10] \
         [--config.optim.lr=2e-3 --config.data.root=/data/MARS ...]
 
 * train (default): trains, resuming from the latest checkpoint in DIR, evaluates every
   `config.train.eval_every_epochs` epochs and at the end (grl_jax/trainer/loop.py).
 * eval: restores the latest (or --step) checkpoint of DIR without the optimiser and prints the
   CMC / mAP table. --config may be omitted: the config stored in the checkpoint is used.
-* extract: writes per-tracklet descriptors of --split to DIR/features_<split>_step<N>.npz.
+* extract: writes per-tracklet descriptors of --split to DIR/features_<split>_step<N>.npz;
+  with --input=FOLDER (one sub-folder of images per tracklet, any depth) or --input=F.csv (the
+  custom format), the descriptors of those tracklets instead, no dataset needed
+  (grl_jax/offline.py extract_folders, grl_jax/folders.py).
+* search: --query=FOLDER (a tracklet folder, or a folder of them) against --gallery=F.npz (an
+  `extract --input` output): prints the --top_k nearest gallery tracklets with distances and
+  draws them (--output=P.png; grl_jax/search.py).
 
 A user mistake (bad flag or config value, missing dataset or checkpoint, unwritable workdir)
 ends the command with one line `grl_jax: error: ...` and exit status 1, before anything is
@@ -39,7 +46,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and outputs g
 _MODE = flags.DEFINE_enum('mode', 'train', list(schema.MODES), 'What to do.')
 _STEP = flags.DEFINE_integer('step', None, 'eval/extract: checkpoint step (default: latest).')
 _SPLIT = flags.DEFINE_enum('split', 'query', list(schema.SPLITS), 'extract: split.')
-_OUTPUT = flags.DEFINE_string('output', None, 'extract: output .npz path.')
+_OUTPUT = flags.DEFINE_string('output', None, 'extract: output .npz path; search: picture .png.')
+_INPUT = flags.DEFINE_string('input', None, 'extract: a folder of tracklet folders of images, '
+                             'or a custom-format CSV, instead of --split.')
+_QUERY = flags.DEFINE_string('query', None, 'search: a tracklet folder, or a folder of them.')
+_GALLERY = flags.DEFINE_string('gallery', None, 'search: an .npz of `--mode=extract --input`.')
+_TOP_K = flags.DEFINE_integer('top_k', 10, 'search: gallery tracklets listed per query.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() (also GRL_JAX_DISTRIBUTED=1).')
 
@@ -81,6 +93,13 @@ def run(mode: str, workdir: str) -> None:
     loop.train_and_evaluate(config, workdir)
   elif mode == 'eval':
     offline.evaluate(config, workdir, step=_STEP.value)
+  elif mode == 'search':
+    from grl_jax import search  # pylint: disable=g-import-not-at-top
+    search.search(config, workdir, query=_QUERY.value, gallery=_GALLERY.value,
+                  top_k=_TOP_K.value, step=_STEP.value, output=_OUTPUT.value)
+  elif _INPUT.value:
+    offline.extract_folders(config, workdir, input=_INPUT.value, step=_STEP.value,
+                            output=_OUTPUT.value)
   else:
     offline.extract(config, workdir, split=_SPLIT.value, step=_STEP.value,
                     output=_OUTPUT.value)

@@ -15,6 +15,8 @@ DATASETS = ('mars', 'duke', 'ilids', 'prid', 'lsvid', 'custom')
 # Gallery composition + AP rule (data_pipeline/datasets/common.py, grl_jax/evaluation.py).
 PROTOCOLS = ('official', 'torchreid', 'cas')
 SPLITS = ('train', 'query', 'gallery')
+EVAL_TYPES = ('reid', 'ranked_list', 'gce_map')                 # grl_jax/evaluators/
+EVAL_AT = ('every', 'final')     # an evaluator runs at every evaluation, or only the last
 EVAL_SPLITS = ('query', 'gallery')
 TRAIN_SAMPLINGS = ('rrs', 'stride', 'evenly', 'random')     # data_pipeline/sampling.py
 TEST_SAMPLINGS = ('rrs_test', 'dense', 'evenly')
@@ -30,7 +32,9 @@ NL_TYPES = ('full', 'stripe')                                # NVAN / STE-NVAN n
 NL_TEMPORAL_GROUPS = ('clip', 'pairs')
 ACCELS = ('cpu', 'gpu', 'tpu')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
-MODES = ('train', 'eval', 'extract')                         # --mode of grl_jax.main
+MODES = ('train', 'eval', 'extract', 'search')               # --mode of grl_jax.main
+# Frame files of a folder tracklet (grl_jax/folders.py), compared lower-cased.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 def check_choice(value: Any, allowed: tuple, where: str) -> Any:

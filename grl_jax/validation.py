@@ -6,6 +6,8 @@ the top of the trainer / offline entry points for library callers), and raises
 
 * enum fields against `grl_jax.schema`, ranges of the numeric fields;
 * the batch composition against the mesh and the process count (pairs / P x K groups);
+* the evaluators of `config.evals` and that `config.eval.best_metric` is one of their metrics
+  (grl_jax/evaluators/);
 * the model's own shape constraints (`ModelSpec.check_config`: stripes vs feature height,
   clip length vs the model's temporal size, ...), which otherwise surface at trace time;
 * that the data root exists (quoting what the dataset's root must contain) and that a warm-start
@@ -58,6 +60,12 @@ def validate(config, *, device_count: int = 1, process_count: int = 1, mode: str
   _check_optim(config)
   _check_batch(config, device_count, process_count, mode)
   models.get(name).check_config(config)
+  if mode in ('train', 'eval'):
+    from grl_jax import evaluators  # pylint: disable=g-import-not-at-top
+    if 'evals' not in config:
+      raise ConfigError('config has no field \'evals\' (the evaluators, configs/base.py): '
+                        'pass --config=<a config file> to choose them')
+    evaluators.check_config(config)
   if check_data:
     check_data_root(config)
   if config.init.checkpoint and mode == 'train':

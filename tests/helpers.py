@@ -136,7 +136,7 @@ def toy_config(root: str, **overrides) -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 0
   config.train.keep_checkpoints = 2
   config.eval.batch_size = 8
-  config.eval.ranked_list = False
+  del config.evals['ranked_list']
   for key, value in overrides.items():
     section, field = key.split('__') if '__' in key else (None, key)
     target = config[section] if section else config
@@ -190,7 +190,8 @@ def toy_data(config, num_ids: int = 8, per_id: int = 4):
              'tracklet': rows}
       step += 1
 
-  def eval_batches(index):
+  def eval_batches(index, test_sampling=None):
+    del test_sampling  # one clip per tracklet here
     b = int(config.eval.batch_size)
     n = len(index)
     for s in range(0, n, b):

@@ -133,5 +133,5 @@ def test_demo_config_uses_synthetic_data_and_a_reduced_grl():
   assert demo.model.name == 'grl' and demo.model.resnet_width < 64
   assert tuple(demo.model.stage_sizes) == (1, 1, 1, 1)
   assert demo.loss.feature_dim == 32 * demo.model.resnet_width
-  assert demo.train.eval_at_start and demo.eval.ranked_list
+  assert demo.train.eval_at_start and demo.evals.ranked_list.at == 'final'
   assert os.path.basename(base.default_root('mars')) == 'MARS'

@@ -87,7 +87,7 @@ def test_demo_cli_preempt_resume_eval_extract(tmp_path):
           '--config.data.synthetic.height=32', '--config.data.synthetic.width=16',
           '--config.data.seq_len=4', '--config.model.resnet_width=4',
           '--config.train.global_batch_size=4', '--config.train.log_every_steps=1',
-          '--config.eval.batch_size=8', '--config.eval.ranked_list_queries=2',
+          '--config.eval.batch_size=8', '--config.evals.ranked_list.queries=2',
           f'--workdir={work}']
   # 1. Train "forever" on the real tf.data pipeline; SIGTERM after step 2 must save and exit 0.
   proc = subprocess.Popen([sys.executable, '-m', 'grl_jax.main',
@@ -127,7 +127,7 @@ def test_demo_cli_preempt_resume_eval_extract(tmp_path):
   rc, out = _main('--mode=eval', f'--workdir={work}')
   assert rc == 0 and 'mAP' in out and f'step {final}' in out, out
   saved = json.load(open(work / f'eval_step{final}.json'))
-  np.testing.assert_allclose(saved['mAP'], records[-1]['mAP'], rtol=1e-5)
+  np.testing.assert_allclose(saved['reid']['mAP'], records[-1]['reid/mAP'], rtol=1e-5)
 
   # 4. extract.
   rc, out = _main('--mode=extract', '--split=gallery', f'--workdir={work}',
@@ -191,7 +191,8 @@ def test_eval_and_extract_need_no_training_tracklets(tmp_path):
   config.data.synthetic.enabled = False
   config.model.resnet_width = 4
   config.eval.batch_size = 4
-  config.eval.ranked_list = False
+  del config.evals['ranked_list']
+  del config.evals['gce_map']
   setup = setup_lib.build(config, num_classes=0, steps_per_epoch=1, train=False)
   state = setup.init_state(0)
   work = tmp_path / 'w'

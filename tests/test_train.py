@@ -33,7 +33,7 @@ def test_train_logs_checkpoints_and_evaluates(tmp_path, capsys):
   out, config = _train(tmp_path, tmp_path / 'w', train__eval_at_start=True,
                        train__eval_every_epochs=2)
   assert out['step'] == 12 and out['stopped'] is None
-  assert out['initial'] is not None and 0.0 <= out['final']['mAP'] <= 1.0
+  assert out['initial'] is not None and 0.0 <= out['final']['reid/mAP'] <= 1.0
   text = capsys.readouterr().out
   assert 'step 12/12' in text and 'mAP' in text and 'untrained -> trained' in text
   records = reporting.read_jsonl(str(tmp_path / 'w' / 'metrics.jsonl'))
@@ -50,7 +50,7 @@ def test_train_logs_checkpoints_and_evaluates(tmp_path, capsys):
   assert ck.all_steps() == [8, 12]
   meta = checkpoint.read_meta(str(tmp_path / 'w'))
   assert meta['step'] == 12 and meta['config']['model']['name'] == 'toy'
-  assert meta['num_classes'] == 8 and 'mAP' in meta['eval']
+  assert meta['num_classes'] == 8 and 'reid/mAP' in meta['eval']
   assert json.load(open(tmp_path / 'w' / 'config.json'))['optim']['lr'] == 0.05
 
 
@@ -108,7 +108,7 @@ def test_eval_and_extract_restore_without_optimizer(tmp_path, capsys):
   out, config = _train(tmp_path, tmp_path / 'w', train__num_steps=4)
   data = c.toy_data(config)
   results = offline.evaluate(config, str(tmp_path / 'w'), data=data)
-  assert 'mAP' in results and 'step 4' in capsys.readouterr().out
+  assert 'reid/mAP' in results and 'step 4' in capsys.readouterr().out
   assert os.path.exists(tmp_path / 'w' / 'eval_step4.json')
   path = offline.extract(config, str(tmp_path / 'w'), split='gallery', data=data)
   npz = np.load(path)
@@ -118,7 +118,8 @@ def test_eval_and_extract_restore_without_optimizer(tmp_path, capsys):
   # Tracklet features are the mean over the tracklet's clips (one clip each here): the same
   # descriptors as the query features of an identical tracklet set.
   setup, variables, _ = offline._restore(config, str(tmp_path / 'w'), None, data)
-  qf, gf = features.split_features(setup, variables, data)
+  feats = features.TestFeatures(setup, variables, data)
+  gf = feats.get(config.data.test_sampling, feats.gallery_rows['torchreid'])
   np.testing.assert_allclose(gf, npz['features'], rtol=1e-5, atol=1e-6)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from grl_jax import evaluators
 from grl_jax import models
 
 # Parameter groups (official `mars_train.py`): the torchvision trunk and GCE at x1, the rest x2.
@@ -55,5 +56,6 @@ def recipe(name: str = 'grl') -> ml_collections.ConfigDict:
       batch_sampler='pair', train_sampling='rrs', test_sampling='rrs_test', seq_len=8,
       height=256, width=128, flip=True, erasing_prob=0.5, erasing_mode='frame', pad_crop=0)
   r.train = dict(global_batch_size=16)
-  r.eval = dict(best_metric='mAP')
+  r.eval = dict(best_metric='reid/mAP')
+  r.evals = {'gce_map': evaluators.defaults('gce_map')}   # the GCE correlation picture
   return r

@@ -42,5 +42,5 @@ def recipe(name: str = 'iaunet') -> ml_collections.ConfigDict:
       train_sampling='stride', sample_stride=8, test_sampling='dense', seq_len=seq_len,
       height=256, width=128, flip=True, erasing_prob=0.0, pad_crop=0)
   r.train = dict(global_batch_size=32, eval_every_epochs=10)
-  r.eval = dict(best_metric='mAP')
+  r.eval = dict(best_metric='reid/mAP')
   return r

@@ -52,5 +52,5 @@ def recipe(name: str = 'nvan') -> ml_collections.ConfigDict:
       train_sampling='rrs', test_sampling='rrs_test', seq_len=8, height=256, width=128,
       flip=True, erasing_prob=0.0, pad_crop=0)
   r.train = dict(global_batch_size=32, eval_every_epochs=10)
-  r.eval = dict(best_metric='rank1')
+  r.eval = dict(best_metric='reid/rank1')
   return r

@@ -269,37 +269,44 @@ def check_split_id(split_id: int, num_splits: int, dataset: str, source: str) ->
   return int(split_id)
 
 
+def protocol_rows(num_test: int, query_rows: Sequence[int], gallery_rows: Sequence[int],
+                  protocol: str, official_rows: Sequence[int] | None = None) -> np.ndarray:
+  """int64[G]: the rows of the test index that make `protocol`'s gallery, in order.
+
+  Args:
+    num_test: tracklets in the test index the protocols draw from.
+    query_rows: rows of the test index that are queries (same in every protocol).
+    gallery_rows: the torchreid-style gallery (queries and junk excluded as the dataset defines).
+    protocol: 'torchreid' -> gallery_rows; 'cas' -> query_rows followed by gallery_rows (the
+      AP3D/TCLNet/BiCnet-TKS and GRL evaluators); 'official' -> `official_rows` (default: every
+      test row, in order, as MARS's official MATLAB script).
+    official_rows: the 'official' gallery when it is not simply the whole test index.
+  """
+  if protocol == 'torchreid':
+    return np.asarray(gallery_rows, np.int64)
+  if protocol == 'cas':
+    return np.concatenate([np.asarray(query_rows, np.int64), np.asarray(gallery_rows, np.int64)])
+  return (np.arange(num_test, dtype=np.int64) if official_rows is None
+          else np.asarray(official_rows, np.int64))
+
+
+def query_in_gallery(query_rows: np.ndarray, rows: np.ndarray, num_test: int) -> np.ndarray:
+  """int64[Q]: for each query, the gallery position of its own test row, or -1 when absent."""
+  position = np.full(num_test, -1, np.int64)
+  # Reverse order so that, should a row repeat, the first position wins.
+  position[rows[::-1]] = np.arange(len(rows))[::-1]
+  return position[np.asarray(query_rows, np.int64)]
+
+
 def assemble_protocol(test: TrackletIndex, query_rows: Sequence[int],
                       gallery_rows: Sequence[int], protocol: str,
                       official_rows: Sequence[int] | None = None
                       ) -> tuple[TrackletIndex, TrackletIndex, np.ndarray]:
-  """Builds (query, gallery, query_in_gallery) from one test index.
-
-  Args:
-    test: every test tracklet the protocols draw from.
-    query_rows: rows of `test` that are queries (same in every protocol).
-    gallery_rows: the torchreid-style gallery (queries and junk excluded as the dataset defines).
-    protocol: 'torchreid' -> gallery_rows; 'cas' -> query_rows followed by gallery_rows (the
-      AP3D/TCLNet/BiCnet-TKS and GRL evaluators); 'official' -> `official_rows` (default: every
-      row of `test`, in order, as MARS's official MATLAB script).
-    official_rows: the 'official' gallery when it is not simply all of `test`.
-
-  Returns:
-    query, gallery and int64[Q] holding, for each query, the gallery position of the very same
-    test row, or -1 when the query's own row is not in the gallery.
-  """
+  """(query, gallery, query_in_gallery) of `protocol` (see `protocol_rows`)."""
   query_rows = np.asarray(query_rows, np.int64)
-  if protocol == 'torchreid':
-    rows = np.asarray(gallery_rows, np.int64)
-  elif protocol == 'cas':
-    rows = np.concatenate([query_rows, np.asarray(gallery_rows, np.int64)])
-  else:
-    rows = (np.arange(len(test), dtype=np.int64) if official_rows is None
-            else np.asarray(official_rows, np.int64))
-  position = np.full(len(test), -1, np.int64)
-  # Reverse order so that, should a row repeat, the first position wins.
-  position[rows[::-1]] = np.arange(len(rows))[::-1]
-  return test.subset(query_rows), test.subset(rows), position[query_rows]
+  rows = protocol_rows(len(test), query_rows, gallery_rows, protocol, official_rows)
+  return (test.subset(query_rows), test.subset(rows),
+          query_in_gallery(query_rows, rows, len(test)))
 
 
 def index_from_arrays(frame_paths: Iterable[str], starts, lengths, pids, camids) -> TrackletIndex:
@@ -312,15 +319,19 @@ def index_from_arrays(frame_paths: Iterable[str], starts, lengths, pids, camids)
 def make_dataset(name: str, train: TrackletIndex, test: TrackletIndex, query_rows, gallery_rows,
                  protocol: str, meta: dict[str, Any], official_rows=None,
                  verify: bool = False) -> Dataset:
-  """Assembles the Dataset for `protocol`, optionally checking every frame file exists."""
-  query, gallery, query_in_gallery = assemble_protocol(test, query_rows, gallery_rows, protocol,
-                                                       official_rows)
+  """Assembles the Dataset: the galleries of every protocol over one test index, with
+  `protocol`'s as its query / gallery; optionally checks that every frame file exists."""
+  query, gallery, qig = assemble_protocol(test, query_rows, gallery_rows, protocol,
+                                          official_rows)
   if verify:
     verify_frames(name, [train, test])
   meta = dict(meta)
-  meta['query_in_gallery'] = query_in_gallery
+  meta['query_in_gallery'] = qig
+  galleries = {p: protocol_rows(len(test), query_rows, gallery_rows, p, official_rows)
+               for p in PROTOCOLS}
   return Dataset(name=name, train=train, query=query, gallery=gallery, protocol=protocol,
-                 meta=meta)
+                 meta=meta, test=test, query_rows=np.asarray(query_rows, np.int64),
+                 gallery_rows=galleries)
 
 
 def dataset_from_lists(name: str, train, query, gallery, protocol: str, meta: dict[str, Any],

@@ -37,20 +37,42 @@ def tracklet_features(setup, variables, index: TrackletIndex,
   return (sums / counts[:, None]).astype(np.float32)
 
 
-def split_features(setup, variables, data) -> tuple[np.ndarray, np.ndarray]:
-  """(query features, gallery features) of `data.dataset`; gallery tracklets identical to a
-  query tracklet (the queries-in-gallery protocols) reuse the query's feature instead of being
-  recomputed."""
-  ds = data.dataset
-  qf = tracklet_features(setup, variables, ds.query, data.eval_batches(ds.query))
-  qkey = {(ds.query.frame_paths[s], int(n)): i
-          for i, (s, n) in enumerate(zip(ds.query.starts, ds.query.lengths))}
-  same = np.array([qkey.get((ds.gallery.frame_paths[s], int(n)), -1)
-                   for s, n in zip(ds.gallery.starts, ds.gallery.lengths)], np.int64)
-  rest = np.flatnonzero(same < 0)
-  gf = np.zeros((len(ds.gallery), qf.shape[1]), np.float32)
-  gf[same >= 0] = qf[same[same >= 0]]
-  if len(rest):
-    sub = ds.gallery.subset(rest)
-    gf[rest] = tracklet_features(setup, variables, sub, data.eval_batches(sub))
-  return qf, gf
+class TestFeatures:
+  """Descriptors of the dataset's test tracklets for one set of variables, each tracklet
+  computed once per test sampling however many evaluators read it.
+
+  `require(sampling, rows)` collects what the evaluators will read; `compute()` runs one pass
+  of the eval step per sampling over the union; `get(sampling, rows)` returns float32[len(rows),
+  D]. Rows index `data.dataset.test_split()[0]` (data_pipeline/index.py).
+  """
+
+  def __init__(self, setup, variables, data):
+    self.setup, self.variables, self.data = setup, variables, data
+    self.test, self.query_rows, self.gallery_rows = data.dataset.test_split()
+    self._wanted: dict[str, set] = {}
+    self._features: dict[str, np.ndarray] = {}
+    self._done: dict[str, np.ndarray] = {}
+
+  def require(self, sampling: str, rows) -> None:
+    self._wanted.setdefault(sampling, set()).update(np.asarray(rows, np.int64).tolist())
+
+  def compute(self) -> None:
+    for sampling, wanted in self._wanted.items():
+      done = self._done.setdefault(sampling, np.zeros(len(self.test), bool))
+      rows = np.array(sorted(r for r in wanted if not done[r]), np.int64)
+      if not len(rows):
+        continue
+      sub = self.test.subset(rows)
+      f = tracklet_features(self.setup, self.variables, sub,
+                            self.data.eval_batches(sub, sampling))
+      if sampling not in self._features:
+        self._features[sampling] = np.zeros((len(self.test), f.shape[1]), np.float32)
+      self._features[sampling][rows] = f
+      done[rows] = True
+    self._wanted.clear()
+
+  def get(self, sampling: str, rows) -> np.ndarray:
+    rows = np.asarray(rows, np.int64)
+    self.require(sampling, rows)
+    self.compute()
+    return self._features[sampling][rows]

@@ -1,7 +1,14 @@
-"""The ranked-list picture: a few queries, each beside its top-10 gallery tracklets."""
+"""The `ranked_list` evaluator: a picture of a few queries, each beside its top-10 gallery
+tracklets (green border: same identity; grl_jax/visualize.py), written to
+`<workdir>/<name>_step<N>.png` by process 0.
+
+Config fields (`config.evals.<name>`, defaults in `DEFAULTS`): queries (how many, spread evenly
+over the query set), top_k, protocol / test_sampling ('' = the config.data ones), at.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -10,21 +17,42 @@ from grl_jax import evaluation
 from grl_jax import io
 from grl_jax import visualize
 
+DEFAULTS = dict(type='ranked_list', at='final', queries=4, top_k=10, protocol='',
+                test_sampling='')
 
-def write(setup, data, qf: np.ndarray, gf: np.ndarray, workdir: str,
-          step: int) -> Optional[str]:
-  """Writes `<workdir>/ranked_list_step<step>.png` (process 0, if config.eval.ranked_list) for
-  `config.eval.ranked_list_queries` queries spread over the query set; returns its path."""
-  config = setup.config
-  if not config.eval.ranked_list or jax.process_index() != 0:
-    return None
-  ds = data.dataset
-  n = min(int(config.eval.ranked_list_queries), len(ds.query))
-  # Spread the shown queries over the query set (deterministic).
-  rows = np.unique(np.linspace(0, len(ds.query) - 1, n).round().astype(np.int64))
-  dist = np.asarray(evaluation.pairwise_distance(qf[rows], gf, setup.spec.descriptor_distance))
-  path = io.join(workdir, f'ranked_list_step{step}.png')
-  visualize.ranked_list_picture_from_distances(
-      dist, ds.query.subset(rows), ds.gallery, range(len(rows)), path, top_k=10,
-      protocol=ds.protocol)
-  return path
+
+@dataclasses.dataclass
+class RankedListEvaluator:
+  name: str
+  cfg: Any
+  context: Any
+
+  def __post_init__(self):
+    config = self.context.setup.config
+    self.protocol = str(self.cfg.protocol or config.data.protocol)
+    self.sampling = str(self.cfg.test_sampling or config.data.test_sampling)
+    _, query_rows, galleries = self.context.data.dataset.test_split()
+    n = min(int(self.cfg.queries), len(query_rows))
+    # Spread the shown queries over the query set (deterministic).
+    picked = np.unique(np.linspace(0, len(query_rows) - 1, n).round().astype(np.int64))
+    self.query_rows = query_rows[picked] if n else query_rows[:0]
+    self.gallery_rows = galleries[self.protocol]
+
+  def require(self, feats) -> None:
+    feats.require(self.sampling, self.query_rows)
+    feats.require(self.sampling, self.gallery_rows)
+
+  def run(self, feats, step: int, title: str):
+    del title
+    qf = feats.get(self.sampling, self.query_rows)
+    gf = feats.get(self.sampling, self.gallery_rows)
+    if jax.process_index() != 0 or not len(qf):
+      return {}, None, None, {}
+    setup = self.context.setup
+    dist = np.asarray(evaluation.pairwise_distance(qf, gf, setup.spec.descriptor_distance))
+    path = io.join(self.context.workdir, f'{self.name}_step{step}.png')
+    test = feats.test
+    visualize.ranked_list_picture_from_distances(
+        dist, test.subset(self.query_rows), test.subset(self.gallery_rows), range(len(qf)),
+        path, top_k=int(self.cfg.top_k), protocol=self.protocol)
+    return {}, None, None, {self.name: path}

@@ -3,7 +3,7 @@
 It resumes from the workdir's latest checkpoint (the sample stream is a pure function of
 (seed, step), so a resumed run continues the identical sequence), evaluates every
 `config.train.eval_every_epochs` epochs and at the end (optionally also the untrained model),
-saves asynchronously every `config.train.checkpoint_every_steps` and at every evaluation, and
+runs the evaluators of `config.evals` (grl_jax/evaluators/), saves asynchronously every `config.train.checkpoint_every_steps` and at every evaluation, and
 fetches step metrics from the device only at log, evaluation and checkpoint steps.
 
 Faults: a non-finite loss stops the run (`NonFiniteLossError` naming the first bad step)
@@ -25,9 +25,8 @@ from grl_jax import optim
 from grl_jax import reporting
 from grl_jax import sharding
 from grl_jax import validation
+from grl_jax import evaluators
 from grl_jax.errors import CheckpointError, NonFiniteLossError
-from grl_jax.evaluators import ranked_list
-from grl_jax.evaluators import reid
 from grl_jax.state import TrainState
 from grl_jax.trainer import data as data_lib
 from grl_jax.trainer import preemption
@@ -87,8 +86,9 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
     data: a data_pipeline.builder.Data; default: built from config.data.
 
   Returns:
-    {'step': last step, 'final': final eval results (or None if stopped early), 'best_step',
-     'initial': step-0 results if eval_at_start, 'stopped': signal name or None}.
+    {'step': last step, 'final': the final evaluation's metrics ('<evaluator>/<metric>' ->
+     float; None if stopped early), 'best_step', 'initial': step-0 metrics if eval_at_start,
+     'stopped': signal name or None}.
   """
   t_wall = time.time()
   validation.validate(config, device_count=jax.device_count(),
@@ -118,19 +118,21 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
 
     reporter = reporting.Reporter(workdir, total_steps=setup.num_steps, is_main=is_main)
     schedule = eval_steps(config, setup.steps_per_epoch, setup.num_steps)
+    evals = evaluators.build(config, setup, data, workdir)
     out = {'step': start, 'final': None, 'initial': None, 'best_step': None, 'stopped': None}
 
-    def do_eval(st: TrainState, step: int, title: str):
+    def do_eval(st: TrainState, step: int, title: str, final: bool) -> dict:
       t = time.time()
-      results, qf, gf = reid.run(setup, st.variables, data)
-      reporter.eval_results(step, reid.scalar_results(results),
-                            reid.format_results(results, f'{title} step {step} '
-                                                f'(epoch {step / setup.steps_per_epoch:.2f})'))
+      outcome = evals.run(st.variables, step, final=final,
+                          title=f'{title} step {step} (epoch {step / setup.steps_per_epoch:.2f})')
+      reporter.eval_results(step, outcome.metrics, '\n'.join(outcome.tables))
+      for name, path in outcome.artifacts.items():
+        say(f'[eval] {name} written to {path}')
       say(f'[eval] {time.time() - t:.1f}s')
-      return results, qf, gf
+      return outcome.metrics
 
     if bool(config.train.eval_at_start) and start == 0:
-      out['initial'] = reid.scalar_results(do_eval(state, 0, 'untrained model,')[0])
+      out['initial'] = do_eval(state, 0, 'untrained model,', final=False)
 
     chrono = reporting.Chrono(start, setup.num_steps)
     pending: list[tuple[int, dict]] = []
@@ -157,7 +159,6 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
       return means
 
     step = start
-    final_features = None
     with preemption.StopFlag() as stop_flag:
       batches = data.train_batches(start) if start < setup.num_steps else iter(())
       for step in range(start + 1, setup.num_steps + 1):
@@ -177,14 +178,13 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
                                     chrono.tick(step), data.global_batch_size, chrono.elapsed())
         if is_eval:
           chrono.pause()
-          results, qf, gf = do_eval(state, step, 'final' if step == setup.num_steps else 'eval')
-          scalars = reid.scalar_results(results)
+          last = step == setup.num_steps
+          scalars = do_eval(state, step, 'final' if last else 'eval', final=last)
           ckpt.save(state, meta=checkpoint_meta(config, setup, step, {'eval': scalars}),
                     metrics=scalars)
           last_saved = step
-          if step == setup.num_steps:
+          if last:
             out['final'] = scalars
-            final_features = (qf, gf)
           chrono.resume()
         elif is_ckpt or stop:
           chrono.pause()
@@ -202,9 +202,7 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
     if start >= setup.num_steps:
       say(f'[train] {ckpt.directory}/{start} already reached num_steps={setup.num_steps}; '
           'evaluating it')
-      results, qf, gf = do_eval(state, start, 'final')
-      out['final'] = reid.scalar_results(results)
-      final_features = (qf, gf)
+      out['final'] = do_eval(state, start, 'final', final=True)
   finally:
     # Release the input stream now: a tf.data iterator still prefetching (a run stopped early)
     # that is only collected at interpreter exit can deadlock the shutdown.
@@ -219,10 +217,6 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
   out['best_step'] = ckpt.best_step()
   if out['final'] is not None:
     _summarise(config, ckpt, out)
-    if final_features is not None:
-      png = ranked_list.write(setup, data, *final_features, workdir, out['step'])
-      if png:
-        say(f'[eval] ranked list written to {png}')
   say(f'[train] done in {reporting.fmt_duration(time.time() - t_wall)}; workdir {workdir}')
   return out
 
@@ -236,5 +230,7 @@ def _summarise(config, ckpt, out: dict) -> None:
         'set, as the published recipes do: report the final result)')
   if out['initial'] is not None:
     i, f = out['initial'], out['final']
-    say(f'[eval] untrained -> trained: mAP {100 * i["mAP"]:.2f}% -> {100 * f["mAP"]:.2f}%, '
-        f'rank-1 {100 * i["rank1"]:.2f}% -> {100 * f["rank1"]:.2f}%')
+    ev = str(config.eval.best_metric).split('/', 1)[0]   # the evaluator that picks the best
+    say(f'[eval] untrained -> trained ({ev}): mAP {100 * i[f"{ev}/mAP"]:.2f}% -> '
+        f'{100 * f[f"{ev}/mAP"]:.2f}%, rank-1 {100 * i[f"{ev}/rank1"]:.2f}% -> '
+        f'{100 * f[f"{ev}/rank1"]:.2f}%')
