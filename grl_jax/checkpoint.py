@@ -20,9 +20,22 @@ Policies:
 
 `write_variables` / `restore_variables` handle variables-only checkpoints for
 `grl_jax.convert`, `grl_jax.inference` and `--mode=eval|extract` (no optimiser needed).
+
+Format version: `meta.format_version` (FORMAT_VERSION at save / write_variables time; a meta
+without one is version 1, what the code wrote before the field existed). Every restore reads
+the meta first and refuses a version newer than FORMAT_VERSION with a one-line CheckpointError,
+before orbax meets a layout it may not know. Bump FORMAT_VERSION whenever what a step directory
+holds changes incompatibly (items, TrainState fields, meta keys readers rely on), and add a
+fixture of the new version beside the old ones (tests/faults/make_fixture.py).
+
+Out of space: a save that fails because the disk is full (ENOSPC / EDQUOT, however orbax or
+tensorstore wrap it; an asynchronous save's error surfaces at the next save, `wait` or `close`)
+becomes a one-line CheckpointError naming the step, the directory and the last complete step,
+which stays restorable: the failed step never got its commit marker.
 """
 from __future__ import annotations
 
+import errno
 import logging as py_logging
 import math
 from typing import Any, Optional
@@ -38,6 +51,8 @@ from grl_jax.errors import CheckpointError
 PyTree = Any
 ITEMS = ('variables', 'train_state', 'meta')
 SUBDIR = 'checkpoints'
+FORMAT_VERSION = 1   # of what a step directory holds; see the module docstring
+_UNVERSIONED = 1     # checkpoints written before meta.format_version existed
 
 
 class _QuietFilter(py_logging.Filter):
@@ -95,6 +110,47 @@ def config_to_dict(config) -> dict:
   return to_jsonable(config)
 
 
+def format_version(meta: dict) -> int:
+  """The format version a checkpoint's meta records (1 when it records none)."""
+  version = meta.get('format_version', _UNVERSIONED)
+  return version if isinstance(version, int) and not isinstance(version, bool) else -1
+
+
+def check_format(meta: dict, where: str) -> dict:
+  """`meta` if this code can read its checkpoint, else a CheckpointError naming `where`."""
+  version = format_version(meta)
+  if version < 1:
+    raise CheckpointError(f'checkpoint {where}: meta.format_version='
+                          f'{meta.get("format_version")!r} is not a positive integer')
+  if version > FORMAT_VERSION:
+    raise CheckpointError(
+        f'checkpoint {where} has format version {version}, newer than this code\'s format '
+        f'version {FORMAT_VERSION}; upgrade grl_jax to read it')
+  return meta
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ('No space left on device', 'Disk quota exceeded',
+                  f"os_error_code='{errno.ENOSPC}'", f"os_error_code='{errno.EDQUOT}'")
+
+
+def out_of_space(error: BaseException) -> bool:
+  """Whether `error` (or anything in its cause / context chain) says the disk is full.
+
+  orbax reports tensorstore's write failures as ValueError('RESOURCE_EXHAUSTED: ... No space
+  left on device [os_error_code='28']') and Python writes as OSError(ENOSPC): the text is the
+  only thing the two have in common.
+  """
+  seen, depth = error, 0
+  while seen is not None and depth < 16:
+    if isinstance(seen, OSError) and seen.errno in _NO_SPACE_ERRNOS:
+      return True
+    if any(t in str(seen) for t in _NO_SPACE_TEXT):
+      return True
+    seen, depth = seen.__cause__ or seen.__context__, depth + 1
+  return False
+
+
 def replicated_sharding() -> NamedSharding:
   """Every device of every process holds the whole array."""
   return NamedSharding(Mesh(np.asarray(jax.devices()), ('data',)), P())
@@ -118,6 +174,8 @@ class Checkpointer:
                async_save: bool = True, read_only: bool = False):
     self.directory = resolve_dir(directory)
     self.best_metric = best_metric
+    self._saving = None        # the step of the last save started (its error may come later)
+    self._failed = None        # the CheckpointError already raised for a failed save
     metric = lambda m: float(m[best_metric])  # noqa: E731
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=int(keep)),
@@ -173,14 +231,17 @@ class Checkpointer:
     """
     step = int(jax.device_get(state.step))
     variables, rest = state.checkpoint_items()
-    meta = dict(meta, step=step)
+    meta = dict(meta, step=step, format_version=FORMAT_VERSION)
     args = ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                               train_state=ocp.args.StandardSave(rest),
                               meta=ocp.args.JsonSave(to_jsonable(meta)))
     if metrics is not None:
       metrics = {k: v for k, v in to_jsonable(metrics).items()
                  if isinstance(v, (int, float))}
-    self.manager.save(step, args=args, metrics=metrics, force=True)
+    # orbax first waits for the previous asynchronous save: its failure surfaces here.
+    self._guard(lambda: self.manager.wait_until_finished())
+    self._saving = step
+    self._guard(lambda: self.manager.save(step, args=args, metrics=metrics, force=True))
     return step
 
   def restore(self, abstract_state, step: Optional[int] = None):
@@ -192,6 +253,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f'no checkpoint in {self.directory}')
+    # The meta alone first: a newer format is refused before orbax reads its arrays.
+    check_format(dict(self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']), f'{self.directory}/{step}')
     variables, rest = abstract_state.checkpoint_items()
     out = self.manager.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(variables),
@@ -201,11 +265,39 @@ class Checkpointer:
         dict(out['meta'])
 
   def wait(self):
-    self.manager.wait_until_finished()
+    self._guard(self.manager.wait_until_finished)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save and releases the manager. A save failure not yet reported
+    raises here; one already raised (by `save` / `wait`) is not raised twice."""
+    try:
+      self._guard(self.manager.wait_until_finished)
+    except CheckpointError:
+      if self._failed is None:
+        raise
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if self._failed is None:
+          raise
+
+  def _guard(self, fn):
+    """Runs a save / wait; an out-of-space failure becomes a one-line CheckpointError."""
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      if self._failed is not None:
+        raise self._failed from e   # the same failure, surfacing again
+      if not out_of_space(e):
+        raise
+      last = complete_steps(self.directory)
+      self._failed = CheckpointError(
+          f'no space left on the device of {self.directory} while saving checkpoint step '
+          f'{self._saving}; that step is incomplete and ignored, the last complete checkpoint '
+          f'is {f"{self.directory}/{last[-1]}" if last else "none"}. Free space there (or '
+          'move the workdir) and rerun the same command to resume from it')
+      raise self._failed from e
 
 
 def _manager(path: str, options) -> ocp.CheckpointManager:
@@ -270,13 +362,20 @@ def write_variables(directory: str, variables: dict, config, step: int = 0,
   """
   path = resolve_dir(directory)
   variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-  meta = {'config': config_to_dict(config), 'step': int(step), **(extra_meta or {})}
+  meta = {'config': config_to_dict(config), 'step': int(step), **(extra_meta or {}),
+          'format_version': FORMAT_VERSION}
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with _manager(path, options) as mngr:
-    mngr.save(int(step), args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(to_jsonable(meta))),
-        force=True)
-    mngr.wait_until_finished()
+  try:
+    with _manager(path, options) as mngr:
+      mngr.save(int(step), args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(variables),
+          meta=ocp.args.JsonSave(to_jsonable(meta))), force=True)
+      mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    if not out_of_space(e):
+      raise
+    raise CheckpointError(f'no space left on the device of {path} while writing checkpoint '
+                          f'step {step}; free space there or choose another output') from e
   return io.join(path, str(step))
 
 
@@ -315,6 +414,7 @@ def restore_variables(directory: str, step: Optional[int] = None, sharding=None
   path = _existing_dir(directory)
   with _manager(path, _READ_ONLY) as mngr:
     step = _finished_step(mngr, path, step)
+    _read_checked_meta(mngr, path, step)
     sharding = sharding if sharding is not None else replicated_sharding()
     meta_tree = mngr.item_metadata(step)['variables']
     target = jax.tree.map(
@@ -332,7 +432,12 @@ def read_meta(directory: str, step: Optional[int] = None) -> dict:
   path = _existing_dir(directory)
   with _manager(path, _READ_ONLY) as mngr:
     step = _finished_step(mngr, path, step)
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+    return _read_checked_meta(mngr, path, step)
+
+
+def _read_checked_meta(mngr, path: str, step: int) -> dict:
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  return check_format(dict(meta), f'{path}/{step}')
 
 
 def dump_json(path: str, obj: Any):

@@ -38,3 +38,7 @@ class WorkdirError(GrlJaxError, OSError):
 
 class NonFiniteLossError(GrlJaxError, FloatingPointError):
   """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class InputError(GrlJaxError, ValueError):
+  """An array of the wrong layout, size, dtype or value range was passed to an Extractor."""

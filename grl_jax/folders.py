@@ -26,7 +26,7 @@ import csv
 import io as _io
 import os
 import re
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
@@ -166,40 +166,30 @@ def list_tracklets(input: str) -> list[tuple[str, list[str]]]:  # pylint: disabl
   return list_tracklets_with_labels(input)[0]
 
 
-def tracklet_frames(root: str, name: str) -> list[str]:
-  """The frame paths of tracklet `name` of `root` (a folder input or a CSV) as
-  `list_tracklets(root)` gives them; DatasetError if it is no longer there."""
-  if is_csv(root):
-    found = dict(list_tracklets(root)).get(name)
-    if found is None:
+def frame_lookup(root: str) -> Callable[[str], list[str]]:
+  """name -> frame paths of tracklet `name` of `root` (a folder input or a CSV), as
+  `list_tracklets(root)` gives them; DatasetError when it or its frames are no longer there."""
+  if not is_csv(root):
+    base = io.normalize(root)
+    return lambda name: folder_frames(base if name == '.' else _join(base, name))
+  if not io.exists(root):
+    raise DatasetError(f'{root!r} does not exist')
+  table = dict(list_tracklets(root))
+
+  def lookup(name: str) -> list[str]:
+    if name not in table:
       raise DatasetError(f'{root!r} has no tracklet {name!r}')
-    return found
-  return folder_frames(_join(io.normalize(root), name) if name != '.' else root)
+    gone = [p for p in table[name] if not io.is_remote(p) and not io.exists(p)]
+    if gone:
+      raise DatasetError(f'{len(gone)} frames of tracklet {name!r} of {root!r} do not exist '
+                         f'(e.g. {gone[0]!r})')
+    return table[name]
+
+  return lookup
 
 
 # ------------------------------------------------------------------------------------------
 # Pixels
-
-_JPEG_START, _JPEG_END = b'\xff\xd8\xff', b'\xff\xd9'
-_PNG_START, _PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'
-
-
-def _check_bytes(path: str, data: bytes) -> None:
-  """The completeness check of the pipeline (decode.looks_valid: a truncated JPEG decodes
-  without error in TF, its missing rows grey), plus BMP, whose header holds the file size."""
-  if data.startswith(_JPEG_START):
-    ok = data.endswith(_JPEG_END)
-  elif data.startswith(_PNG_START):
-    ok = data.endswith(_PNG_END)
-  elif data.startswith(b'BM') and len(data) >= 26:
-    ok = int.from_bytes(data[2:6], 'little') <= len(data)
-  else:
-    raise BadFrameError(f'{path}: not a JPEG, PNG or BMP image ({len(data)} bytes); expected '
-                        'an image file')
-  if not ok:
-    raise BadFrameError(f'{path}: truncated or corrupt image ({len(data)} bytes); expected a '
-                        'complete JPEG/PNG/BMP file')
-
 
 def decode_frame(path: str, height: int, width: int) -> np.ndarray:
   """uint8[height, width, 3], RGB, exactly as the evaluation pipeline loads `path`."""
@@ -209,7 +199,10 @@ def decode_frame(path: str, height: int, width: int) -> np.ndarray:
     data = io.read_bytes(path)
   except OSError as e:
     raise BadFrameError(f'{path}: cannot be read ({type(e).__name__}: {e})') from e
-  _check_bytes(path, data)
+  # The pipeline's completeness check: a truncated JPEG decodes without error in TF.
+  if not bool(decode.looks_valid(tf.constant(data))):
+    raise BadFrameError(f'{path}: truncated or not a JPEG/PNG/BMP image ({len(data)} bytes); '
+                        'expected a complete image file')
   try:
     img = tf.io.decode_image(data, channels=3, expand_animations=False)
     return decode.resize_if_needed(img, height, width).numpy()

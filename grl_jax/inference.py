@@ -28,15 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grl_jax.errors import CheckpointError, GrlJaxError
+from grl_jax.errors import CheckpointError, InputError
 from grl_jax.trainer.step import normalize_frames as normalize
 
 # ImageNet-normalised pixels lie in [(0 - 0.485) / 0.229, (1 - 0.406) / 0.225] = [-2.12, 2.64].
 _NORMALIZED_RANGE = (-2.2, 2.7)
-
-
-class InputError(GrlJaxError, ValueError):
-  """An array of the wrong layout, size, dtype or value range was passed to an Extractor."""
 
 
 def _layout_hint(shape: tuple, kind: str) -> str:

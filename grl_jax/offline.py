@@ -124,8 +124,14 @@ def check_writable(output: str, flag: str = '--output') -> str:
     io.write_bytes(probe, b'')
     io.remove(probe)
   except OSError as e:
-    raise WorkdirError(f'{flag}={output!r} is not writable ({e.strerror or e}); choose '
-                       'another path') from e
+    reason = e.strerror or str(e)
+    parent = os.path.dirname(output)
+    while parent and not io.exists(parent) and parent != os.path.dirname(parent):
+      parent = os.path.dirname(parent)
+    if parent and io.exists(parent) and not io.isdir(parent):
+      reason = f'{parent!r} is a file, not a folder'
+    raise WorkdirError(f'{flag}={output!r} is not writable ({reason}); choose another '
+                       'path') from e
   return output
 
 

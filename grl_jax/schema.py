@@ -33,6 +33,8 @@ NL_TEMPORAL_GROUPS = ('clip', 'pairs')
 ACCELS = ('cpu', 'gpu', 'tpu')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 MODES = ('train', 'eval', 'extract', 'search')               # --mode of grl_jax.main
+EXPORT_FORMATS = ('stablehlo', 'onnx', 'savedmodel')         # python -m grl_jax.export
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')            # jax.export lowering platforms
 # Frame files of a folder tracklet (grl_jax/folders.py), compared lower-cased.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 

@@ -78,23 +78,26 @@ def _label(name: str, query: str) -> str:
 
 def _picture(out_path: str, query_tracklets, gallery: dict, indices, distances) -> str | None:
   """Draws the first MAX_PICTURE_ROWS queries; None (after one line saying why) when
-  gallery frames cannot be found."""
+  gallery frames cannot be found or read."""
   rows = min(len(query_tracklets), MAX_PICTURE_ROWS)
   names = gallery['names']
   try:
-    cache: dict[int, list[str]] = {}
-    for g in np.unique(indices[:rows]):
-      cache[int(g)] = folders.tracklet_frames(gallery['root'], str(names[g]))
-  except (DatasetError, OSError) as e:
+    lookup = folders.frame_lookup(gallery['root'])
+    frames = {int(g): lookup(str(names[g])) for g in np.unique(indices[:rows])}
+  except DatasetError as e:
     say(f'[search] no picture: the gallery frames under {gallery["root"]!r} are gone or moved '
-        f'({e})')
+        f'({" ".join(str(e).split())})')
     return None
-  visualize.ranked_list_picture(
-      [paths for _, paths in query_tracklets[:rows]],
-      [[cache[int(g)] for g in row] for row in indices[:rows]],
-      [['junk'] * indices.shape[1] for _ in range(rows)], out_path,
-      labels=[[f'{r + 1}: {d:.4g}' for r, d in enumerate(row)] for row in distances[:rows]],
-      query_labels=[n[-24:] for n, _ in query_tracklets[:rows]])
+  try:
+    visualize.ranked_list_picture(
+        [paths for _, paths in query_tracklets[:rows]],
+        [[frames[int(g)] for g in row] for row in indices[:rows]],
+        [['junk'] * indices.shape[1] for _ in range(rows)], out_path,
+        labels=[[f'{r + 1}: {d:.4g}' for r, d in enumerate(row)] for row in distances[:rows]],
+        query_labels=[n[-24:] for n, _ in query_tracklets[:rows]])
+  except OSError as e:  # an unreadable frame (PIL), or the picture could not be written
+    say(f'[search] no picture: {type(e).__name__}: {" ".join(str(e).split())}')
+    return None
   return out_path
 
 

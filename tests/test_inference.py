@@ -3,7 +3,7 @@ images and folders, and the arrays it refuses (size, layout, dtype, value range)
 import numpy as np
 import pytest
 
-from grl_jax import convert, inference
+from grl_jax import convert, errors, inference
 from tests.test_convert import MARS, official_state
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255
@@ -82,7 +82,7 @@ def test_bad_shapes_are_errors(extractor):
 
 def _one_line(fn, *texts):
   from grl_jax.errors import GrlJaxError  # pylint: disable=g-import-not-at-top
-  with pytest.raises(inference.InputError) as e:
+  with pytest.raises(errors.InputError) as e:
     fn()
   message = str(e.value)
   assert isinstance(e.value, ValueError) and isinstance(e.value, GrlJaxError), message

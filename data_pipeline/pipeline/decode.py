@@ -23,15 +23,23 @@ _PNG_END = b'IEND\xaeB`\x82'  # IEND chunk type + its (constant) CRC: the last 8
 
 
 def looks_valid(data: tf.Tensor) -> tf.Tensor:
-  """Whether `data` (scalar string) looks like a complete JPEG or PNG: JPEG start (SOI) and
-  end (EOI) markers, or PNG signature and IEND chunk. Catches truncated copies, empty and
-  non-image files without decoding. (A JPEG with bytes after its EOI marker counts as bad.)"""
+  """Whether `data` (scalar string) looks like a complete JPEG, PNG or BMP: JPEG start (SOI)
+  and end (EOI) markers, PNG signature and IEND chunk, or 'BM' and a header file size no larger
+  than the data. Catches truncated copies, empty and non-image files without decoding. (A
+  JPEG with bytes after its EOI marker counts as bad.)"""
   n = tf.strings.length(data)
   jpeg = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 3), _SOI),
                         tf.equal(tf.strings.substr(data, tf.maximum(n - 2, 0), 2), _EOI))
   png = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE),
                        tf.equal(tf.strings.substr(data, tf.maximum(n - 8, 0), 8), _PNG_END))
-  return tf.logical_or(jpeg, png)
+  # BMP: bytes 2..5 hold the file size (uint32, little-endian); zero padding keeps substr in
+  # range for data shorter than the header.
+  size = tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, b'\0' * 6]), 2, 4), tf.uint8)
+  size = tf.reduce_sum(tf.cast(size, tf.int64) * tf.constant([1, 1 << 8, 1 << 16, 1 << 24],
+                                                             tf.int64))
+  bmp = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b'BM'),
+                       tf.logical_and(n >= 26, size <= tf.cast(n, tf.int64)))
+  return tf.logical_or(tf.logical_or(jpeg, png), bmp)
 
 
 _BLACK_JPEG_CACHE: dict = {}
@@ -94,7 +102,7 @@ def load_frame_eager(path: str, height: int, width: int) -> tuple[Optional[np.nd
   try:
     data = tf.io.read_file(path)
     if not bool(looks_valid(data)):
-      return None, 'truncated or not a JPEG/PNG'
+      return None, 'truncated or not a JPEG/PNG/BMP'
     img = tf.io.decode_image(data, channels=3, expand_animations=False)
     return resize_if_needed(img, height, width).numpy(), ''
   except tf.errors.OpError as e:
