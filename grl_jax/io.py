@@ -53,6 +53,17 @@ def listdir(p: str) -> list[str]:
   return sorted(c.name for c in path(p).iterdir())
 
 
+def glob(base: str, pattern: str) -> list[str]:
+  """Sorted paths under `base` matching the relative `pattern` ('*/*/x.jpg'); metacharacters in
+  `base` itself are taken literally."""
+  return sorted(str(c) for c in path(base).glob(pattern))
+
+
+def rename(src: str, dst: str) -> None:
+  """Moves `src` to `dst`, replacing it (atomic for local paths)."""
+  path(src).replace(path(dst))
+
+
 def remove(p: str) -> None:
   path(p).unlink()
 

@@ -12,8 +12,8 @@ Readers (one module each; see its docstring for the layout and the protocols):
   lsvid   LS-VID (list_sequence/, tracklet_{train,test}/, test/data/info_test.mat)
   custom  bring-your-own CSV (path,pid,camid,tracklet,split[,frame]); see custom.py
 
-Readers read index files and directory listings only, never images, through `tf.io.gfile`, so
-roots may be local directories or gs:// URLs. Every bad input raises `DatasetError`
+Readers read index files and directory listings only, never images, through the storage layer
+(grl_jax/io.py), so roots may be local directories or gs:// URLs. Every bad input raises `DatasetError`
 (grl_jax.errors, a ValueError) naming the file and what was expected. Each reader module also
 holds `ROOT_HELP`, what its root must contain and where it comes from (`root_help(name)`).
 A train split may be empty (evaluation only) where the format can say so: custom, MARS, Duke,

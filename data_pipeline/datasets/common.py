@@ -1,10 +1,9 @@
-"""Shared pieces of the dataset readers: file access through tf.io.gfile, .mat reading,
-relabelling, protocol assembly and the optional frame-existence check.
+"""Shared pieces of the dataset readers: file access, .mat reading, relabelling, protocol
+assembly and the optional frame-existence check.
 
 Every reader only reads index files and directory listings; no image is ever decoded. All file
-access goes through `tf.io.gfile`, so the same code reads a local directory or a `gs://` bucket
-(on a TPU VM the dataset usually lives in GCS). TensorFlow is imported lazily, on the first file
-access, so that importing `data_pipeline.datasets` stays cheap. Every bad input raises
+access goes through the storage layer (grl_jax/io.py), so the same code reads a local directory
+or a `gs://` bucket (on a TPU VM the dataset usually lives in GCS). Every bad input raises
 `grl_jax.errors.DatasetError` (a ValueError) naming the file and what was expected; the
 protocol names come from `grl_jax.schema.PROTOCOLS`.
 """
@@ -27,14 +26,7 @@ MAX_MISSING_LISTED = 20
 
 
 # ------------------------------------------------------------------------------------------------
-# File access (tf.io.gfile, lazily imported)
-
-
-def gfile():
-  """`tf.io.gfile`, imported on first use (TensorFlow takes ~2 s to import)."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
+# File access (grl_jax/io.py; every failure becomes a DatasetError naming the path)
 
 
 def normalize_root(root: str) -> str:
@@ -58,14 +50,14 @@ def _wrap(path: str, what: str, err: Exception) -> DatasetError:
 
 def exists(path: str) -> bool:
   try:
-    return bool(gfile().exists(path))
+    return storage.exists(path)
   except Exception as e:  # pylint: disable=broad-except  (tf.errors.* for permissions etc.)
     raise _wrap(path, 'check', e) from e
 
 
 def isdir(path: str) -> bool:
   try:
-    return bool(gfile().isdir(path))
+    return storage.isdir(path)
   except Exception as e:  # pylint: disable=broad-except
     raise _wrap(path, 'check', e) from e
 
@@ -100,12 +92,11 @@ def require_file(path: str, dataset: str, expected: str) -> None:
 
 
 def listdir(path: str) -> list[str]:
-  """Sorted entry names of a directory (gfile may append '/' to sub-directories; stripped)."""
+  """Sorted entry names of a directory."""
   try:
-    names = gfile().listdir(path)
+    return storage.listdir(path)
   except Exception as e:  # pylint: disable=broad-except
     raise _wrap(path, 'list directory', e) from e
-  return sorted(n.rstrip('/') for n in names)
 
 
 def list_subdirs(path: str) -> list[str]:
@@ -113,21 +104,17 @@ def list_subdirs(path: str) -> list[str]:
   return [n for n in listdir(path) if isdir(join(path, n))]
 
 
-def glob(pattern: str) -> list[str]:
-  try:
-    return sorted(gfile().glob(pattern))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _wrap(pattern, 'glob', e) from e
-
-
 def list_files(base: str, depth: int, pattern: str) -> list[str]:
   """Sorted paths of the files matching `pattern` exactly `depth` directory levels below `base`.
 
   One glob (a single prefix listing on GCS) unless `base` itself holds glob metacharacters,
-  which gfile cannot escape; then the tree is walked with listdir.
+  which globbing cannot escape on every backend; then the tree is walked with listdir.
   """
-  if not any(c in base for c in '*?['):
-    return glob(join(base, *(['*'] * depth), pattern))
+  if not any(ch in base for ch in '*?['):
+    try:
+      return storage.glob(base, '/'.join(['*'] * depth + [pattern]))
+    except Exception as e:  # pylint: disable=broad-except
+      raise _wrap(join(base, *(['*'] * depth), pattern), 'glob', e) from e
   import fnmatch  # pylint: disable=g-import-not-at-top
   dirs = [base]
   for _ in range(depth):
@@ -138,8 +125,7 @@ def list_files(base: str, depth: int, pattern: str) -> list[str]:
 
 def read_bytes(path: str) -> bytes:
   try:
-    with gfile().GFile(path, 'rb') as f:
-      return f.read()
+    return storage.read_bytes(path)
   except Exception as e:  # pylint: disable=broad-except
     raise _wrap(path, 'read', e) from e
 
@@ -156,11 +142,9 @@ def read_lines(path: str) -> list[str]:
 
 def write_text(path: str, text: str) -> None:
   """Writes through a temporary name then renames, so readers never see a partial file."""
-  g = gfile()
   tmp = f'{path}.tmp{os.getpid()}'
-  with g.GFile(tmp, 'w') as f:
-    f.write(text)
-  g.rename(tmp, path, overwrite=True)
+  storage.write_text(tmp, text)
+  storage.rename(tmp, path)
 
 
 def read_tokens(path: str) -> list[str]:
