@@ -118,6 +118,7 @@ def test_demo_cli_preempt_resume_eval_extract(tmp_path):
   assert f'resumed from {work}/checkpoints/{stopped}' in out, out
   assert f'step {final}/{final}' in out and 'untrained model' not in out, out
   assert (work / f'ranked_list_step{final}.png').exists()
+  assert (work / f'gce_map_step{final}.png').exists()     # GRL's recipe adds the GCE picture
   records = [json.loads(x) for x in open(work / 'metrics.jsonl')]
   assert [r['step'] for r in records if r['kind'] == 'eval'] == [0, final]
   train_steps = [r['step'] for r in records if r['kind'] == 'train']

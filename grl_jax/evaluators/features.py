@@ -76,3 +76,22 @@ class TestFeatures:
     self.require(sampling, rows)
     self.compute()
     return self._features[sampling][rows]
+
+
+def protocol_view(cfg, context) -> tuple[str, str, np.ndarray, np.ndarray]:
+  """(protocol, test sampling, query rows, gallery rows of that protocol) of an evaluator's
+  config; its '' fields take config.data's. Rows index the dataset's test index."""
+  data_cfg = context.setup.config.data
+  protocol = str(cfg.protocol or data_cfg.protocol)
+  sampling = str(cfg.test_sampling or data_cfg.test_sampling)
+  _, query_rows, galleries = context.data.dataset.test_split()
+  return protocol, sampling, query_rows, galleries[protocol]
+
+
+def spread(rows: np.ndarray, n: int) -> np.ndarray:
+  """At most `n` of `rows`, spread evenly from first to last (deterministic): the tracklets a
+  picture shows."""
+  n = min(int(n), len(rows))
+  if not n:
+    return rows[:0]
+  return rows[np.unique(np.linspace(0, len(rows) - 1, n).round().astype(np.int64))]

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from grl_jax import io
+from grl_jax.evaluators import features
 
 DEFAULTS = dict(type='gce_map', at='final', tracklets=4)
 
@@ -29,9 +30,7 @@ class GceMapEvaluator:
 
   def __post_init__(self):
     _, query_rows, _ = self.context.data.dataset.test_split()
-    n = min(int(self.cfg.tracklets), len(query_rows))
-    picked = np.unique(np.linspace(0, len(query_rows) - 1, n).round().astype(np.int64))
-    self.rows = query_rows[picked] if n else query_rows[:0]
+    self.rows = features.spread(query_rows, int(self.cfg.tracklets))
 
   def require(self, feats) -> None:
     del feats  # draws from frames, not descriptors

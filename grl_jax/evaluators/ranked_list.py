@@ -16,6 +16,7 @@ import numpy as np
 from grl_jax import evaluation
 from grl_jax import io
 from grl_jax import visualize
+from grl_jax.evaluators import features
 
 DEFAULTS = dict(type='ranked_list', at='final', queries=4, top_k=10, protocol='',
                 test_sampling='')
@@ -28,15 +29,9 @@ class RankedListEvaluator:
   context: Any
 
   def __post_init__(self):
-    config = self.context.setup.config
-    self.protocol = str(self.cfg.protocol or config.data.protocol)
-    self.sampling = str(self.cfg.test_sampling or config.data.test_sampling)
-    _, query_rows, galleries = self.context.data.dataset.test_split()
-    n = min(int(self.cfg.queries), len(query_rows))
-    # Spread the shown queries over the query set (deterministic).
-    picked = np.unique(np.linspace(0, len(query_rows) - 1, n).round().astype(np.int64))
-    self.query_rows = query_rows[picked] if n else query_rows[:0]
-    self.gallery_rows = galleries[self.protocol]
+    self.protocol, self.sampling, query_rows, self.gallery_rows = features.protocol_view(
+        self.cfg, self.context)
+    self.query_rows = features.spread(query_rows, int(self.cfg.queries))
 
   def require(self, feats) -> None:
     feats.require(self.sampling, self.query_rows)

@@ -24,6 +24,7 @@ import numpy as np
 
 from grl_jax import evaluation
 from grl_jax import reranking
+from grl_jax.evaluators import features
 
 DEFAULTS = dict(type='reid', at='every', protocol='', test_sampling='', rerank=False,
                 rerank_k1=20, rerank_k2=6, rerank_lambda=0.3)
@@ -52,12 +53,8 @@ class ReidEvaluator:
   context: Any
 
   def __post_init__(self):
-    config = self.context.setup.config
-    self.protocol = str(self.cfg.protocol or config.data.protocol)
-    self.sampling = str(self.cfg.test_sampling or config.data.test_sampling)
-    ds = self.context.data.dataset
-    self._, self.query_rows, galleries = ds.test_split()
-    self.gallery_rows = galleries[self.protocol]
+    (self.protocol, self.sampling, self.query_rows,
+     self.gallery_rows) = features.protocol_view(self.cfg, self.context)
 
   def require(self, feats) -> None:
     feats.require(self.sampling, self.query_rows)
