@@ -42,3 +42,7 @@ class NonFiniteLossError(GrlJaxError, FloatingPointError):
 
 class InputError(GrlJaxError, ValueError):
   """An array of the wrong layout, size, dtype or value range was passed to an Extractor."""
+
+
+class ExportError(GrlJaxError, ValueError):
+  """An export cannot run here (missing package) or its artifact disagrees with JAX."""

@@ -121,9 +121,11 @@ class Extractor:
       raise CheckpointError(f'the checkpoint config has no field {e}: it was not written by '
                             'grl_jax (train or convert)') from e
     # One jitted function; jax.jit keeps one executable per input shape/dtype (and flag).
-    self._forward = jax.jit(self._descriptor, static_argnames=('normalized',))
+    self._forward = jax.jit(self.descriptor, static_argnames=('normalized',))
 
-  def _descriptor(self, variables, clips, normalized: bool):
+  def descriptor(self, variables, clips, normalized: bool):
+    """The traced function behind `clip_features` (and the export, grl_jax/export/): clips
+    [B, T, H, W, 3] (uint8 or normalised float) -> float32[B, D]."""
     x = clips.astype(jnp.float32) if normalized else normalize(clips)
     out = self.model.apply(variables, x, train=False)
     return out['descriptor'].astype(jnp.float32)

@@ -11,9 +11,10 @@ do not come out runnable:
 
 Rather than change the models, `rewritten(closed)` evaluates the traced jaxpr equation by
 equation and replaces those primitives with equivalents: the max pool with the elementwise
-maximum of its strided window slices (after padding with -inf, exactly what
-`reduce_window_max` computes), a reverse scan with a forward `lax.scan` over time-reversed
-inputs whose stacked outputs are reversed back. Calls (`jit`, `custom_jvp_call`,
+maximum of its strided window slices, after -inf borders (exactly what `reduce_window_max`
+computes; the borders are concatenated, not `lax.pad`-ded, because jax2onnx cannot type a pad
+whose batch axis is a symbolic B*T), and a reverse scan with a forward `lax.scan` over
+time-reversed inputs whose stacked outputs are reversed back. Calls (`jit`, `custom_jvp_call`,
 `custom_vjp_call`, `remat2`) are inlined so that the rewrite reaches inside them; inference
 needs none of their differentiation rules. Everything else is re-bound unchanged, so the
 result is the same function (the tests compare it with the jitted original).
@@ -60,7 +61,7 @@ def evaluate(jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
     elif name == 'scan':
       outs = _scan(eqn.params, invals)
     else:
-      # jax < 0.5 returns (subfuns, params); later versions the params alone.
+      # Older jax versions return (subfuns, params); the pinned one returns the params alone.
       bound = eqn.primitive.get_bind_params(eqn.params)
       subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
       outs = eqn.primitive.bind(*subfuns, *invals, **params)
@@ -90,7 +91,8 @@ def window_max(x, window: tuple, strides: tuple, padding: tuple):
   """
   low = jnp.array(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
                   else jnp.iinfo(x.dtype).min, x.dtype)
-  x = jax.lax.pad(x, low, [(lo, hi, 0) for lo, hi in padding])
+  for axis, (lo, hi) in enumerate(padding):
+    x = _pad_axis(x, axis, lo, hi, low)
   out_shape = [(n - k) // s + 1 for n, k, s in zip(x.shape, window, strides)]
   result = None
   for offset in itertools.product(*(range(k) for k in window)):
@@ -98,6 +100,20 @@ def window_max(x, window: tuple, strides: tuple, padding: tuple):
     part = jax.lax.slice(x, offset, limit, strides)
     result = part if result is None else jnp.maximum(result, part)
   return result
+
+
+def _pad_axis(x, axis: int, lo: int, hi: int, value):
+  # Concatenation with constant slabs cut from x itself, not `lax.pad`: jax2onnx's pad cannot
+  # type an output whose batch axis is a symbolic expression such as 4*B (the B*T frames of B
+  # clips), and a slab taken from x keeps x's (symbolic) sizes on the other axes.
+  if not lo and not hi:
+    return x
+  parts = []
+  for n in (lo, hi):
+    slab = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    slab = jnp.where(jnp.zeros((), bool), slab, value)
+    parts.append(jnp.concatenate([slab] * n, axis=axis) if n else None)
+  return jnp.concatenate([p for p in (parts[0], x, parts[1]) if p is not None], axis=axis)
 
 
 def _scan(params: dict, invals: list) -> list:
