@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
 
 import ml_collections
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags
 
-from grl_jax.errors import GrlJaxError
+from grl_jax.errors import ConfigError, GrlJaxError
 
 # ml_collections reports an exception raised inside `get_config` as a formatted traceback in
 # the flag error's text; its last line is "<module>.<Class>: <message>".
@@ -31,6 +31,33 @@ def run_or_fail(prog: str, fn: Callable[[], object]) -> None:
     fn()
   except GrlJaxError as e:
     fail(prog, str(e))
+
+
+def tool_flags_ok(fv: flags.FlagValues, rest: Sequence[str], *, doc: str,
+                  required: Sequence[str], example: str) -> bool:
+  """The common checks of a tool's parsed flags (`rest` = what parsing left, program first):
+  prints `doc` and the flags and returns False for --help; ConfigError for positional
+  arguments or a required flag left unset (the message quotes `example`)."""
+  if fv['help'].value:
+    print(doc + '\n' + fv.get_help())
+    return False
+  if len(rest) > 1:
+    raise ConfigError(f'unexpected arguments: {list(rest[1:])}')
+  for name in required:
+    if fv[name].value is None or fv[name].value == '':
+      raise ConfigError(f'--{name} is required (e.g. {example})')
+  return True
+
+
+def tool_main(prog: str, run: Callable[[list[str]], Any], argv: Sequence[str] | None = None,
+              one_line: Callable[[BaseException], str] | None = None) -> Any:
+  """`run(argv)` (default sys.argv[1:]) for a tool's `main`: a user mistake (GrlJaxError, bad
+  flag) becomes one line `<prog>: error: ...` and exit status 1."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    return run(argv)
+  except (GrlJaxError, flags.Error) as e:
+    fail(prog, one_line(e) if one_line else ' '.join(str(e).split()))
 
 
 def locked_config(config_dict: dict):

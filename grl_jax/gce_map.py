@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -283,17 +282,11 @@ def run(argv: Sequence[str]) -> str | None:
 
   Raises the user-facing errors (GrlJaxError, absl flags.Error) instead of exiting.
   """
+  from grl_jax import cli  # pylint: disable=g-import-not-at-top
   fv = _flag_values()
-  rest = fv([PROG, *argv])
-  if fv['help'].value:
-    print(__doc__ + '\n' + fv.get_help())
+  if not cli.tool_flags_ok(fv, fv([PROG, *argv]), doc=__doc__, required=('workdir', 'input'),
+                           example='--workdir=workdir/demo --input=FOLDER_OF_FRAMES'):
     return None
-  if len(rest) > 1:
-    raise ConfigError(f'unexpected arguments: {rest[1:]}')
-  for name in ('workdir', 'input'):
-    if not fv[name].value:
-      raise ConfigError(f'--{name} is required (e.g. --workdir=workdir/demo '
-                        '--input=FOLDER_OF_FRAMES)')
   from data_pipeline import sampling  # pylint: disable=g-import-not-at-top
   from grl_jax import folders  # pylint: disable=g-import-not-at-top
   from grl_jax import inference  # pylint: disable=g-import-not-at-top
@@ -325,14 +318,8 @@ def run(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> str | None:
   """`run`, with a user mistake printed as one line `<PROG>: error: ...` and exit status 1."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from grl_jax import cli  # pylint: disable=g-import-not-at-top
-  from grl_jax.errors import GrlJaxError  # pylint: disable=g-import-not-at-top
-  argv = sys.argv[1:] if argv is None else list(argv)
-  try:
-    return run(argv)
-  except (GrlJaxError, flags.Error) as e:
-    cli.fail(PROG, ' '.join(str(e).split()))
+  return cli.tool_main(PROG, run, argv)
 
 
 if __name__ == '__main__':

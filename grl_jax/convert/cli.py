@@ -16,15 +16,15 @@ process and next to `grl_jax.main`'s global flags.
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
+from grl_jax import cli
 from grl_jax.convert import converter
 from grl_jax.convert import formats
-from grl_jax.errors import CheckpointError, ConfigError, GrlJaxError
+from grl_jax.errors import CheckpointError, ConfigError
 
 PROG = 'python -m grl_jax.convert'
 _MODEL_OVERRIDE = 'config.model.'
@@ -62,15 +62,10 @@ def run(argv: Sequence[str]) -> str | None:
     # config_flags looks an override's field up while parsing; absl passes that error through.
     raise ConfigError(f'a --config.* override names a field the config does not have ({e}); '
                       'the fields are documented in configs/base.py') from e
-  if fv['help'].value:
-    print(__doc__ + '\n' + fv.get_help())
+  if not cli.tool_flags_ok(fv, rest, doc=__doc__, required=('format', 'input', 'output', 'config'),
+                           example='--format=grl-official --input=PATH --output=DIR '
+                           '--config=configs/mars.py:model=grl'):
     return None
-  if len(rest) > 1:
-    raise ConfigError(f'unexpected arguments: {rest[1:]}')
-  for name in ('format', 'input', 'output', 'config'):
-    if fv[name].value is None:
-      raise ConfigError(f'--{name} is required (e.g. --format=grl-official --input=PATH '
-                        '--output=DIR --config=configs/mars.py:model=grl)')
   from grl_jax import checkpoint  # pylint: disable=g-import-not-at-top
   # Before any compute: orbax refuses to overwrite a step.
   directory, step = checkpoint.resolve_dir(fv['output'].value), fv['step'].value
@@ -105,12 +100,7 @@ def _loaded_config(fv: flags.FlagValues):
 
 def main(argv: Sequence[str] | None = None) -> str | None:
   """`run`, with any user mistake printed as one line `convert: error: ...` and exit status 1."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  try:
-    return run(argv)
-  except (GrlJaxError, flags.Error) as e:
-    print(f'convert: error: {_one_line(e)}', file=sys.stderr, flush=True)
-    sys.exit(1)
+  return cli.tool_main('convert', run, argv, one_line=_one_line)
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,14 +12,12 @@ process and next to `grl_jax.main`'s global flags.
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import flags
 
 from grl_jax import cli
 from grl_jax import schema
-from grl_jax.errors import ConfigError
 
 PROG = 'export'
 
@@ -54,17 +52,12 @@ def run(argv: Sequence[str]) -> dict | None:
   Raises the user-facing errors (GrlJaxError, absl flags.Error) instead of exiting.
   """
   fv = _flag_values()
-  rest = fv([PROG, *argv])
-  if fv['help'].value:
-    import grl_jax.export  # pylint: disable=g-import-not-at-top
-    print(grl_jax.export.__doc__ + '\n' + fv.get_help())
+  import grl_jax.export  # pylint: disable=g-import-not-at-top
+  if not cli.tool_flags_ok(fv, fv([PROG, *argv]), doc=grl_jax.export.__doc__,
+                           required=('workdir', 'format', 'batch', 'output'),
+                           example='--workdir=workdir/mars_grl --format=stablehlo --batch=8 '
+                           '--output=grl.shlo'):
     return None
-  if len(rest) > 1:
-    raise ConfigError(f'unexpected arguments: {rest[1:]}')
-  for name in ('workdir', 'format', 'batch', 'output'):
-    if fv[name].value is None:
-      raise ConfigError(f'--{name} is required (e.g. --workdir=workdir/mars_grl '
-                        '--format=stablehlo --batch=8 --output=grl.shlo)')
   from grl_jax.export import exporter  # pylint: disable=g-import-not-at-top
   return exporter.export(fv['workdir'].value, fv['format'].value, fv['batch'].value,
                          fv['output'].value, step=fv['step'].value,
@@ -75,14 +68,4 @@ def run(argv: Sequence[str]) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
   """`run`, with any user mistake printed as one line `export: error: ...` and exit status 1."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  result = {}
-
-  def go():
-    try:
-      result['info'] = run(argv)
-    except flags.Error as e:
-      cli.fail(PROG, ' '.join(str(e).split()))
-
-  cli.run_or_fail(PROG, go)
-  return result.get('info')
+  return cli.tool_main(PROG, run, argv)
