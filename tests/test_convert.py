@@ -86,6 +86,19 @@ def official_state(first_commit=False):
   return cnn, siamese
 
 
+def converted_official_grl(tmp, name: str, *flags: str) -> str:
+  """Writes `official_state()` as .npz files under `tmp` and converts them with
+  `python -m grl_jax.convert --format=grl-official` (configs/mars.py GRL plus `flags`) to
+  `tmp/name`; returns that checkpoint directory."""
+  cnn, siamese = official_state()
+  np.savez(tmp / 'cnn.npz', **cnn)
+  np.savez(tmp / 'siamese.npz', **siamese)
+  convert.main(['--format=grl-official', f'--input={tmp / "cnn.npz"}',
+                f'--siamese={tmp / "siamese.npz"}', f'--output={tmp / name}',
+                f'--config={MARS}:model=grl', *flags])
+  return str(tmp / name)
+
+
 def _model_cfg(cnn, siamese):
   return {'name': 'grl', **convert.infer_grl_official(convert.strip_data_parallel(cnn),
                                                       siamese)}

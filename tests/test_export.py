@@ -22,7 +22,7 @@ from grl_jax.export import cli as export_cli
 from grl_jax.export import rewrite
 from grl_jax.convert import nvan_official
 from tests import helpers, np_reference
-from tests.test_convert import MARS, official_state
+from tests.test_convert import MARS, converted_official_grl
 
 T, H, W = 4, 32, 16
 DATA = [f'--config.data.seq_len={T}', f'--config.data.height={H}', f'--config.data.width={W}']
@@ -77,12 +77,7 @@ def _one_line_error(capsys, argv, match):
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('export_ckpt')
-  cnn, siamese = official_state()
-  np.savez(tmp / 'cnn.npz', **cnn)
-  np.savez(tmp / 'siamese.npz', **siamese)
-  convert.main(['--format=grl-official', f'--input={tmp / "cnn.npz"}',
-                f'--siamese={tmp / "siamese.npz"}', f'--output={tmp / "grl"}',
-                f'--config={MARS}:model=grl', *DATA])
+  converted_official_grl(tmp, 'grl', *DATA)
   # NVAN: a randomised tiny model written out as an official checkpoint, then converted.
   cfg = {'name': 'nvan', 'stage_sizes': (1, 2, 3, 1), 'resnet_width': 4, 'nl_query_chunk': 16}
   model = models.get('nvan').build(cfg, 5)

@@ -3,8 +3,8 @@ images and folders, and the arrays it refuses (size, layout, dtype, value range)
 import numpy as np
 import pytest
 
-from grl_jax import convert, errors, inference
-from tests.test_convert import MARS, official_state
+from grl_jax import errors, inference
+from tests.test_convert import converted_official_grl
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255
 STD = np.array([0.229, 0.224, 0.225]) * 255
@@ -14,16 +14,9 @@ T, H, W = 3, 32, 16
 @pytest.fixture(scope='module')
 def extractor(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('inference')
-  cnn, siamese = official_state()
-  np.savez(tmp / 'cnn.npz', **cnn)
-  np.savez(tmp / 'siamese.npz', **siamese)
-  convert.main(['--format=grl-official', f'--input={tmp / "cnn.npz"}',
-                f'--siamese={tmp / "siamese.npz"}', f'--output={tmp / "ckpt"}',
-                f'--config={MARS}:model=grl',
-                f'--config.data.seq_len={T}', '--config.data.test_sampling=dense',
-                f'--config.data.height={H}', f'--config.data.width={W}',
-                '--config.eval.batch_size=4'])
-  return inference.load(str(tmp / 'ckpt'))
+  return inference.load(converted_official_grl(
+      tmp, 'ckpt', f'--config.data.seq_len={T}', '--config.data.test_sampling=dense',
+      f'--config.data.height={H}', f'--config.data.width={W}', '--config.eval.batch_size=4'))
 
 
 def _frames(n, seed=0):
