@@ -29,7 +29,6 @@ from grl_jax import evaluators
 from grl_jax.errors import CheckpointError, NonFiniteLossError
 from grl_jax.state import TrainState
 from grl_jax.trainer import data as data_lib
-from grl_jax.trainer import prefetch as prefetch_lib
 from grl_jax.trainer import preemption
 from grl_jax.trainer import setup as setup_lib
 
@@ -163,10 +162,8 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
     with preemption.StopFlag() as stop_flag:
       batches = data.train_batches(start) if start < setup.num_steps else iter(())
       for step in range(start + 1, setup.num_steps + 1):
-        # Wrapped once (on_devices is idempotent): `size` batches ahead are already on the mesh.
-        batches = prefetch_lib.on_devices(batches, setup.mesh, int(config.train.get(
-            'prefetch', prefetch_lib.DEFAULT_SIZE)))
-        state, metrics = setup.train_step(state, next(batches))
+        batch = next(batches)
+        state, metrics = setup.train_step(state, sharding.to_global(batch, setup.mesh))
         pending.append((step, metrics))
         # Multi-process runs agree on stopping through a collective: only at log steps.
         stop = (stop_flag.is_set() if jax.process_count() == 1 or step % log_every == 0
