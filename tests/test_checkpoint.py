@@ -108,7 +108,8 @@ def test_variables_only_checkpoints(tmp_path):
   for directory in (tmp_path / 'w', tmp_path / 'w' / 'checkpoints'):
     got, meta = checkpoint.restore_variables(str(directory), step=4)
     _equal(got, variables)
-    assert meta == {'config': {'model': {'name': 'x'}}, 'step': 4, 'source': 'unit test'}
+    assert meta == {'config': {'model': {'name': 'x'}}, 'step': 4, 'source': 'unit test',
+                    'format_version': checkpoint.FORMAT_VERSION}
   got, meta = checkpoint.restore_variables(str(tmp_path / 'w'))
   assert meta['step'] == 9
   np.testing.assert_array_equal(got['params']['dense']['kernel'], 0.0)
