@@ -28,7 +28,10 @@ the defaults below are the `GRL` dataclass fields, listed by `model_defaults()`)
   resnet_width    64; D = 32 * resnet_width (2048 at 64).
   last_stride     1.
   dtype           'float32' | 'bfloat16' (grl_jax.schema.DTYPES): compute dtype of convs and
-                  activations.
+                  activations: every conv and matmul of the model takes `dtype` operands
+                  (tests/test_hlo_dtypes.py checks the lowered train step); the small heads
+                  that feed a BN, sigmoid or softmax (glo_fc, the TRL channel attention, the
+                  Siamese Q/K, attention and verifier) accumulate and return float32.
                   Params, BN statistics, sigmoids, softmaxes, L2 normalisations and all
                   outputs are float32.
   accumulation    'plain' (HEAD) | 'se' (first official commit: squeeze-excitation in the
@@ -110,7 +113,7 @@ class GCE(nn.Module):
     d = x.shape[-1]
     # g_b = mean over t, i, j; glo_fc = Linear + BN1d (over the B clips) + ReLU.
     g = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-    g = layers.torch_dense(self.hidden, d, name='glo_fc')(g)
+    g = layers.torch_dense(self.hidden, d, dtype=self.dtype, f32_result=True, name='glo_fc')(g)
     g = nn.relu(layers.batch_norm(train, name='glo_bn')(g))
     # Correlation head: conv+BN (no ReLU, as in the official code), conv+BN+ReLU, conv+BN, sigmoid.
     r = _ConcatConv1x1(self.hidden, self.dtype, name='corr_conv1')(x, g)
@@ -126,18 +129,25 @@ class GCE(nn.Module):
 
 
 class Siamese(nn.Module):
-  """The official 'Siamese' module: self-attention temporal pooling + pair verifier."""
+  """The official 'Siamese' module: self-attention temporal pooling + pair verifier.
+
+  Its matmuls take `dtype` operands and return float32 (layers.dot_general_f32): each feeds a
+  BN, the softmax or the verification loss.
+  """
   attention_dim: int = 512
+  dtype: Dtype = jnp.float32
 
   def setup(self):
     fan_out_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'uniform')
     zeros = nn.initializers.zeros
-    self.query = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros)
-    self.key = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros)
+    dense = dict(dtype=self.dtype, param_dtype=jnp.float32, dot_general=layers.dot_general_f32)
+    self.query = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros, **dense)
+    self.key = nn.Dense(self.attention_dim, kernel_init=fan_out_init, bias_init=zeros, **dense)
     self.query_bn = layers.batch_norm(None)
     self.key_bn = layers.batch_norm(None)
     self.verifier_bn = layers.batch_norm(None)
-    self.verifier = nn.Dense(2, kernel_init=nn.initializers.normal(0.001), bias_init=zeros)
+    self.verifier = nn.Dense(2, kernel_init=nn.initializers.normal(0.001), bias_init=zeros,
+                             **dense)
 
   def attention_pool(self, z: jax.Array, train: bool) -> jax.Array:
     """z f32[N, T, D] -> f32[N, D] (BN over the N*T rows of this call).
@@ -150,8 +160,9 @@ class Siamese(nn.Module):
     q = l2_normalize(self.query_bn(self.query(rows), use_running_average=not train), None)
     k = l2_normalize(self.key_bn(self.key(rows), use_running_average=not train), None)
     q, k = q.reshape(n, t, -1), k.reshape(n, t, -1)
-    a = jax.nn.softmax(jnp.einsum('nic,njc->nij', q, k), axis=-1)
-    y = jnp.einsum('nj,njd->nd', a.sum(axis=1), z.astype(jnp.float32))
+    # |q . k| <= 1 (unit vectors): bf16 operands lose nothing the float32 softmax would see.
+    a = jax.nn.softmax(layers.einsum_f32('nic,njc->nij', q, k, dtype=self.dtype), axis=-1)
+    y = layers.einsum_f32('nj,njd->nd', a.sum(axis=1), z, dtype=self.dtype)
     return l2_normalize(y, None)
 
   def verify(self, probes: jax.Array, galleries: jax.Array, train: bool) -> jax.Array:
@@ -206,7 +217,7 @@ class GRL(nn.Module):
     z_corr = l2_normalize(z_corr, 1e-12).reshape(b, t, d)
     z_uncorr = l2_normalize(layers.batch_norm(train, name='uncorr_bn')(f_uncorr), 1e-12)
 
-    siamese = Siamese(self.attention_dim, name='siamese')
+    siamese = Siamese(self.attention_dim, dtype=self.dtype, name='siamese')
     if not train:
       pooled = siamese.attention_pool(z_corr, False)
       if self.is_initializing():  # the verifier is used in training only; create its variables

@@ -118,7 +118,7 @@ class STIAU(nn.Module):
     a = iau_dense(self.parts, c, 'sa_conv', self.dtype)(x)
     a = jax.nn.sigmoid(bn_apply(layers.batch_norm(train, name='sa_bn'), a, jnp.float32))
     # Attention-weighted SUM over the frame's positions (no division by the mask area).
-    p = jnp.einsum('bthwk,bthwc->btkc', a, xf)                            # [B, T, parts, C]
+    p = layers.einsum_f32('bthwk,bthwc->btkc', a, x, dtype=self.dtype)    # [B, T, parts, C]
     g = iau_dense(ci, c, 'g', self.dtype)
     nodes = g(p.astype(self.dtype)).astype(jnp.float32).reshape(b, t * self.parts, ci)
     u_bar = g(u.astype(self.dtype)).astype(jnp.float32)                   # [B, C']
@@ -133,7 +133,7 @@ class STIAU(nn.Module):
     weights = jax.nn.softmax(e, axis=-1)                                  # [B, n, n]
 
     # Gconv: S = ReLU(BN(conv([X ; W X]))), BN over the B·n nodes.
-    neighbours = jnp.einsum('bij,bjc->bic', weights, nodes)
+    neighbours = layers.einsum_f32('bij,bjc->bic', weights, nodes, dtype=self.dtype)
     s = iau_dense(ci, 2 * ci, 'gconv_conv', self.dtype)(
         jnp.concatenate([nodes, neighbours], -1).astype(self.dtype))
     s = nn.relu(bn_apply(layers.batch_norm(train, name='gconv_bn'), s, jnp.float32))
@@ -195,7 +195,8 @@ class IAUnet(nn.Module):
     bn = layers.batch_norm(train, name='bn')(feature)
     if not train:   # The classifier is train-only (initialise with train=True).
       return {'descriptor': bn, 'feature': feature}
-    logits = layers.torch_dense(self.num_classes, feature.shape[-1], name='classifier')(bn)
+    logits = layers.torch_dense(self.num_classes, feature.shape[-1], dtype=self.dtype,
+                                f32_result=True, name='classifier')(bn)
     return {'feature': feature, 'bn_feature': bn, 'logits': logits, **maps}
 
 

@@ -6,6 +6,7 @@ once. Shapes are channels-last: a "dense" over the last axis is a 1x1(x1) convol
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -37,18 +38,73 @@ def torch_bias_init(fan_in: int) -> Callable:
   return init
 
 
+def _f32_result(plain: Callable, wide: Callable, *operands: Array) -> Array:
+  """`wide(*operands)` (a float32 result from low-precision operands), differentiated as
+  `plain` (the same product in the operands' dtype).
+
+  Without this, the backward pass would multiply the float32 cotangent with the bf16 operands
+  and JAX would promote those products to float32 (half speed on the tensor cores, for as many
+  FLOPs as the forward product, twice); here the cotangent is rounded to the operands' dtype
+  first, as for every other bf16 layer. Float32 operands: `wide` alone (the plain float32
+  product, unchanged).
+  """
+  if all(jnp.dtype(x.dtype) == jnp.float32 for x in operands):
+    return wide(*operands)
+
+  @jax.custom_vjp
+  def product(*xs):
+    return wide(*xs)
+
+  def forward(*xs):
+    return wide(*xs), xs
+
+  def backward(xs, ct):
+    out, vjp = jax.vjp(plain, *xs)
+    return vjp(ct.astype(out.dtype))
+
+  product.defvjp(forward, backward)
+  return product(*operands)
+
+
+def dot_general_f32(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                    preferred_element_type=None, **kwargs) -> Array:
+  """`lax.dot_general` with a float32 result whatever the operands' dtype.
+
+  For the small heads whose output feeds a BatchNorm, sigmoid, softmax or loss: the operands
+  stay in the compute dtype (bf16 runs on the tensor cores), the accumulation and the result
+  are float32, so no rounding to bf16 happens between the matmul and the float32 op after it.
+  The backward products run in the operands' dtype (`_f32_result`). With float32 operands it
+  is the plain float32 dot.
+  """
+  del preferred_element_type
+  dot = functools.partial(jax.lax.dot_general, dimension_numbers=dimension_numbers,
+                          precision=precision, **kwargs)
+  return _f32_result(dot, functools.partial(dot, preferred_element_type=jnp.float32),
+                     lhs, rhs)
+
+
+def einsum_f32(spec: str, *operands: Array, dtype: Dtype) -> Array:
+  """`jnp.einsum` with operands cast to `dtype`, a float32 accumulation and result and a
+  backward pass in `dtype` (`_f32_result`)."""
+  return _f32_result(functools.partial(jnp.einsum, spec),
+                     functools.partial(jnp.einsum, spec, preferred_element_type=jnp.float32),
+                     *(x.astype(dtype) for x in operands))
+
+
 def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
                 dtype: Dtype = jnp.float32, name: str | None = None,
                 kernel_init: Callable | None = None,
-                bias_init: Callable | None = None) -> nn.Dense:
+                bias_init: Callable | None = None, f32_result: bool = False) -> nn.Dense:
   """A PyTorch-initialised Linear / 1x1 conv over the last axis, float32 params.
 
-  x f[..., fan_in] -> f[..., features] in `dtype`. Defaults: U(+-1/sqrt(fan_in)) weight and
-  bias; `kernel_init` / `bias_init` replace them (e.g. He fan-out for the IAU convs).
+  x f[..., fan_in] -> f[..., features] in `dtype` (float32 with `f32_result`: operands in
+  `dtype`, see `dot_general_f32`). Defaults: U(+-1/sqrt(fan_in)) weight and bias;
+  `kernel_init` / `bias_init` replace them (e.g. He fan-out for the IAU convs).
   """
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=kernel_init or torch_kernel_init,
-                  bias_init=bias_init or torch_bias_init(fan_in), name=name)
+                  bias_init=bias_init or torch_bias_init(fan_in), name=name,
+                  dot_general=dot_general_f32 if f32_result else None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -261,7 +261,9 @@ class NVAN(nn.Module):
       # The classifier is train-only (initialise with train=True): eval and inference never
       # need the identity count.
       return {'descriptor': bn, 'feature': feature}
-    logits = nn.Dense(self.num_classes, use_bias=False, dtype=jnp.float32,
+    # bf16 operands under bfloat16, float32 accumulation and logits (the loss's input).
+    logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
+                      dot_general=layers.dot_general_f32,
                       kernel_init=nn.initializers.normal(0.001), name='classifier')(bn)
     return {'feature': feature, 'logits': logits}
 

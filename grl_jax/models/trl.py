@@ -111,8 +111,11 @@ class TRLDirection(nn.Module):
     self.phi1 = conv1x1(self.features, self.features, use_bias=True, dtype=self.dtype)
     self.phi2 = conv1x1(self.features, self.features, use_bias=True, dtype=self.dtype)
     hidden = self.features // self.reduction
-    self.attention_fc1 = layers.torch_dense(hidden, self.features, use_bias=False)
-    self.attention_fc2 = layers.torch_dense(self.features, hidden, use_bias=False)
+    # The channel attention feeds a sigmoid: `dtype` operands, float32 result.
+    self.attention_fc1 = layers.torch_dense(hidden, self.features, use_bias=False,
+                                            dtype=self.dtype, f32_result=True)
+    self.attention_fc2 = layers.torch_dense(self.features, hidden, use_bias=False,
+                                            dtype=self.dtype, f32_result=True)
     self.accumulate = AccumulationUnit(self.features // 4, se=self.accumulation == 'se',
                                        se_reduction=self.reduction, dtype=self.dtype)
 

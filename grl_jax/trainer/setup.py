@@ -23,6 +23,7 @@ from grl_jax import schema
 from grl_jax import sharding
 from grl_jax.errors import CheckpointError
 from grl_jax.state import TrainState
+from grl_jax.trainer import memory
 from grl_jax.trainer import step as step_lib
 
 
@@ -73,9 +74,14 @@ def _init_fn(model, objective, tx, config):
   return init
 
 
-def build(config, *, num_classes: int, steps_per_epoch: int, train: bool = True) -> Setup:
+def build(config, *, num_classes: int, steps_per_epoch: int, train: bool = True,
+          check_memory: bool = True) -> Setup:
   """Model, objective, optimiser and the jitted step functions over the config's mesh (the
-  steps take whatever global batch they are given: its size is the data side's)."""
+  steps take whatever global batch they are given: its size is the data side's).
+
+  With `train` and `check_memory`, a device with a known memory limit (GPU / TPU) gets the
+  train step compiled here for the config's batch: a ConfigError says if it does not fit
+  (grl_jax/trainer/memory.py); the executable is reused by the first step."""
   mesh = sharding.make_mesh(int(config.mesh.data))
   spec = models.get(config.model.name)
   model = spec.build(config.model, num_classes)
@@ -96,6 +102,8 @@ def build(config, *, num_classes: int, steps_per_epoch: int, train: bool = True)
     train_step = jax.jit(step_lib.make_train_step(model, objective, tx),
                          in_shardings=(state_sharding, data_sh),
                          out_shardings=(state_sharding, rep), donate_argnums=(0,))
+    if check_memory:
+      memory.check_train_step(train_step, abstract_state, config, mesh)
   eval_step = jax.jit(step_lib.make_eval_step(model), in_shardings=(rep, data_sh, data_sh),
                       out_shardings=(rep, rep))
   return Setup(config=config, mesh=mesh, spec=spec, model=model, objective=objective, tx=tx,
