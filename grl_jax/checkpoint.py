@@ -172,6 +172,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, best_metric: str = 'mAP',
                async_save: bool = True, read_only: bool = False):
+    self.workdir = io.normalize(directory)
     self.directory = resolve_dir(directory)
     self.best_metric = best_metric
     self._saving = None        # the step of the last save started (its error may come later)
@@ -282,22 +283,28 @@ class Checkpointer:
         if self._failed is None:
           raise
 
+  def space_error(self, doing: str) -> CheckpointError:
+    """The one-line error for a full disk met while `doing` (a save, or any other write into
+    the workdir: the loop reports a failed metrics or TensorBoard write with it too). Once
+    made, later failures of the same save are not raised again by `close`."""
+    last = complete_steps(self.directory)
+    self._failed = CheckpointError(
+        f'no space left on the device of {self.workdir} while {doing}; the last complete '
+        f'checkpoint is {f"{self.directory}/{last[-1]}" if last else "none"}. Free space there '
+        '(or move the workdir) and rerun the same command to resume from it')
+    return self._failed
+
   def _guard(self, fn):
-    """Runs a save / wait; an out-of-space failure becomes a one-line CheckpointError."""
+    """Runs a save / wait; an out-of-space failure becomes `space_error`."""
     try:
       return fn()
     except Exception as e:  # pylint: disable=broad-except
-      if self._failed is not None:
-        raise self._failed from e   # the same failure, surfacing again
       if not out_of_space(e):
         raise
-      last = complete_steps(self.directory)
-      self._failed = CheckpointError(
-          f'no space left on the device of {self.directory} while saving checkpoint step '
-          f'{self._saving}; that step is incomplete and ignored, the last complete checkpoint '
-          f'is {f"{self.directory}/{last[-1]}" if last else "none"}. Free space there (or '
-          'move the workdir) and rerun the same command to resume from it')
-      raise self._failed from e
+      if self._failed is not None:
+        raise self._failed from e   # the same failure, surfacing again
+      raise self.space_error(f'saving checkpoint step {self._saving} (left incomplete and '
+                             'ignored)') from e
 
 
 def _manager(path: str, options) -> ocp.CheckpointManager:

@@ -22,3 +22,10 @@ def make_data(config, workdir: str, mode: str = 'train') -> builder.Data:
                        num_steps=lambda spe: schema.total_steps(config, spe),
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        mode=mode, barrier=barrier)
+
+
+def bad_frames() -> tuple[int, int]:
+  """(frames replaced, distinct bad files) so far over every input stream of this process
+  (data_pipeline/pipeline/recovery.py keeps the totals; in-memory test data adds none)."""
+  from data_pipeline.pipeline import recovery  # pylint: disable=g-import-not-at-top
+  return recovery.STATS.replaced, len(recovery.STATS.files)

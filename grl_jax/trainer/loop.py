@@ -13,6 +13,7 @@ SIGINT (preemption.py) save a checkpoint after the current step and return.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from typing import Optional
 
@@ -29,6 +30,7 @@ from grl_jax import evaluators
 from grl_jax.errors import CheckpointError, NonFiniteLossError
 from grl_jax.state import TrainState
 from grl_jax.trainer import data as data_lib
+from grl_jax.trainer import prefetch as prefetch_lib
 from grl_jax.trainer import preemption
 from grl_jax.trainer import setup as setup_lib
 
@@ -88,12 +90,13 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
   Returns:
     {'step': last step, 'final': the final evaluation's metrics ('<evaluator>/<metric>' ->
      float; None if stopped early), 'best_step', 'initial': step-0 metrics if eval_at_start,
-     'stopped': signal name or None}.
+     'stopped': signal name or None, 'bad_frames': frames the input streams replaced}.
   """
   t_wall = time.time()
   validation.validate(config, device_count=jax.device_count(),
                       process_count=jax.process_count(), mode='train')
   data = data or data_lib.make_data(config, workdir, 'train')
+  bad_before = data_lib.bad_frames()
   num_classes = data.dataset.num_train_ids
   setup = setup_lib.build(config, num_classes=num_classes, steps_per_epoch=data.steps_per_epoch)
   is_main = jax.process_index() == 0
@@ -160,10 +163,11 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
 
     step = start
     with preemption.StopFlag() as stop_flag:
-      batches = data.train_batches(start) if start < setup.num_steps else iter(())
+      # The next batches are transferred to the mesh while the current step computes.
+      batches = prefetch_lib.on_devices(
+          data.train_batches(start) if start < setup.num_steps else iter(()), setup.mesh)
       for step in range(start + 1, setup.num_steps + 1):
-        batch = next(batches)
-        state, metrics = setup.train_step(state, sharding.to_global(batch, setup.mesh))
+        state, metrics = setup.train_step(state, next(batches))
         pending.append((step, metrics))
         # Multi-process runs agree on stopping through a collective: only at log steps.
         stop = (stop_flag.is_set() if jax.process_count() == 1 or step % log_every == 0
@@ -203,7 +207,14 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
       say(f'[train] {ckpt.directory}/{start} already reached num_steps={setup.num_steps}; '
           'evaluating it')
       out['final'] = do_eval(state, start, 'final', final=True)
+  except Exception as e:  # pylint: disable=broad-except
+    # A full disk fails whichever write comes first (a save, metrics.jsonl, TensorBoard, a
+    # picture): one line naming the workdir and the last complete checkpoint.
+    if isinstance(e, CheckpointError) or not ckpt_lib.out_of_space(e):
+      raise
+    raise ckpt.space_error(f'writing logs or outputs ({type(e).__name__})') from e
   finally:
+    failing = sys.exc_info()[0] is not None
     # Release the input stream now: a tf.data iterator still prefetching (a run stopped early)
     # that is only collected at interpreter exit can deadlock the shutdown.
     if batches is not None and hasattr(batches, 'close'):
@@ -212,8 +223,18 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict:
     gc.collect()
     ckpt.close()
     if reporter is not None:
-      reporter.close()
+      try:
+        reporter.close()
+      except Exception:  # pylint: disable=broad-except
+        if not failing:   # a full disk fails the last flush too: keep the first error
+          raise
 
+  replaced, files = (now - before for now, before in zip(data_lib.bad_frames(), bad_before))
+  out['bad_frames'] = replaced
+  if replaced or files:
+    say(f'[data] {replaced} frames replaced by the nearest valid frame of their tracklet (black '
+        f'where none is valid): {files} bad files, each named in a warning; '
+        'config.data.strict=True stops at the first instead')
   out['best_step'] = ckpt.best_step()
   if out['final'] is not None:
     _summarise(config, ckpt, out)
