@@ -16,7 +16,8 @@ runs then exclude generation (the first run's includes it).
 The figures are read back from each workdir's metrics.jsonl (grl_jax/reporting.py): the last
 `kind: eval` record's `reid/mAP` and `reid/rank1` (the trained model) and the step-0 record
 (the untrained one); steps/s is the number of training steps over the time between the first
-and the last training record (so start-up, compilation and evaluations are left out).
+and the last training record (start-up, the first compilation and the untrained evaluation are
+left out; the periodic evaluations in between, a few seconds each, are in).
 
 Output, JSON lines on stdout: one per run ({model, variant, seed, mAP, rank1, untrained_mAP,
 wall_s, steps, steps_per_s, load_before, load_after}), then one summary per variant and one over
@@ -51,8 +52,9 @@ def read_metrics(workdir: str) -> dict:
   steps_per_s = float('nan')
   if len(train) > 1 and train[-1]['time'] > train[0]['time']:
     steps_per_s = (train[-1]['step'] - train[0]['step']) / (train[-1]['time'] - train[0]['time'])
-  return {'mAP': 100 * evals[-1]['reid/mAP'], 'rank1': 100 * evals[-1]['reid/rank1'],
-          'untrained_mAP': 100 * first[0]['reid/mAP'] if first else None,
+  return {'mAP': round(100 * evals[-1]['reid/mAP'], 2),
+          'rank1': round(100 * evals[-1]['reid/rank1'], 2),
+          'untrained_mAP': round(100 * first[0]['reid/mAP'], 2) if first else None,
           'steps': int(evals[-1]['step']), 'steps_per_s': round(steps_per_s, 3)}
 
 
