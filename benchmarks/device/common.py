@@ -100,26 +100,20 @@ def search_largest_batch(fits: Callable[[int], bool], start: int, *, multiple: i
   if not ok:
     return {'batch': 0, 'probes': probes, 'stopped': why, 'upper': start if why is None else None}
   lo, hi = start, None
-  while hi is None:
-    b = min(2 * lo, max_batch // multiple * multiple)
-    if b <= lo:
-      return {'batch': lo, 'probes': probes, 'stopped': f'max_batch {max_batch}', 'upper': None}
+  while True:
+    if hi is None:   # doubling until a batch does not fit
+      b = min(2 * lo, max_batch // multiple * multiple)
+      if b <= lo:
+        return {'batch': lo, 'probes': probes, 'stopped': f'max_batch {max_batch}', 'upper': None}
+    else:            # bisection of [lo, hi)
+      b = (lo + hi) // 2 // multiple * multiple
+      if hi - lo <= max(resolution, multiple) or b <= lo:
+        break
     ok, why = probe(b)
     if why:
-      return {'batch': lo, 'probes': probes, 'stopped': why, 'upper': None}
+      return {'batch': lo, 'probes': probes, 'stopped': why, 'upper': hi}
     if ok:
       lo = b
     else:
       hi = b
-  while hi - lo > max(resolution, multiple):
-    mid = (lo + hi) // 2 // multiple * multiple
-    if mid <= lo:
-      break
-    ok, why = probe(mid)
-    if why:
-      return {'batch': lo, 'probes': probes, 'stopped': why, 'upper': hi}
-    if ok:
-      lo = mid
-    else:
-      hi = mid
   return {'batch': lo, 'probes': probes, 'stopped': None, 'upper': hi}
