@@ -24,7 +24,8 @@ compiled.
 Multi-process (multi-host TPU / GPU clusters): set GRL_JAX_DISTRIBUTED=1 (or pass
 --distributed) and `jax.distributed.initialize()` auto-detects TPU pods, Slurm and Open MPI; or
 set GRL_JAX_COORDINATOR=host:port, GRL_JAX_NUM_PROCESSES, GRL_JAX_PROCESS_ID for explicit
-launches (launch/local_multiprocess.py).
+launches (launch/local_multiprocess.py). Timeouts bound every wait on the other processes: one
+that dies ends the others within GRL_JAX_HEARTBEAT_TIMEOUT seconds (grl_jax/distributed.py).
 """
 from __future__ import annotations
 
@@ -57,16 +58,8 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 
 
 def _init_distributed():
-  import jax  # pylint: disable=g-import-not-at-top
-  coordinator = os.environ.get('GRL_JAX_COORDINATOR')
-  if coordinator:
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=int(os.environ['GRL_JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['GRL_JAX_PROCESS_ID']),
-        initialization_timeout=int(os.environ.get('GRL_JAX_INIT_TIMEOUT', '300')))
-  elif _DISTRIBUTED.value or os.environ.get('GRL_JAX_DISTRIBUTED') == '1':
-    jax.distributed.initialize()
+  from grl_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(force=_DISTRIBUTED.value)
 
 
 def run(mode: str, workdir: str) -> None:
@@ -111,7 +104,9 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     # orbax and friends log every save at INFO; our progress goes to stdout. -v 0 shows them.
     logging.set_verbosity(logging.WARNING)
-  cli.run_or_fail('grl_jax', lambda: run(_MODE.value, _WORKDIR.value))
+  from grl_jax import distributed  # pylint: disable=g-import-not-at-top
+  cli.run_or_fail('grl_jax', lambda: distributed.run_guarded(
+      'grl_jax', lambda: run(_MODE.value, _WORKDIR.value), workdir=_WORKDIR.value or ''))
 
 
 if __name__ == '__main__':
