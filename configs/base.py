@@ -61,6 +61,7 @@ def _data_defaults() -> ConfigDict:
   return ConfigDict(dict(
       dataset='mars',
       root='',                   # '' with synthetic.enabled: <workdir>/data
+      packed='',                 # a pack (python -m data_pipeline.pack) read instead of root
       protocol='torchreid',      # gallery composition (grl_jax.evaluation)
       split_id=0,                # iLIDS-VID / PRID-2011 split (0..9)
       height=256,

@@ -6,6 +6,11 @@ and the batch iterators of this process, assembled from `config.data` in one pla
       -> optional subset of the query identities        config.eval.subset_ids
       -> train / eval iterators (tf.data, host-local)   data_pipeline/pipeline/
 
+With `config.data.packed` (a directory written by `python -m data_pipeline.pack`, local or
+gs://) the splits come from the pack's metadata and the iterators read its records
+(data_pipeline/pack/); root and synthetic generation are not used. The samplers see the same
+index, so the batches are the loose run's, byte for byte.
+
 Evaluation and extraction (`mode != 'train'`) never touch the training split beyond reading
 the index: no batch sampler is built, so a dataset without training tracklets evaluates.
 """
@@ -73,6 +78,13 @@ def load_dataset(config, workdir: str, *, is_main: bool = True,
   process 0 writes it, `barrier(name)` makes the others wait for it)."""
   from data_pipeline import datasets  # pylint: disable=g-import-not-at-top
   d = config.data
+  if str(d.get('packed', '')):
+    from data_pipeline import pack  # pylint: disable=g-import-not-at-top
+    dataset = pack.load_dataset(str(d.packed), dataset=d.dataset, split_id=int(d.split_id),
+                                protocol=d.protocol)
+    if int(config.eval.subset_ids) > 0:
+      dataset = subset_ids(dataset, int(config.eval.subset_ids))
+    return dataset
   root = data_root(config, workdir)
   if d.synthetic.enabled:
     from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
@@ -111,6 +123,10 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
   pipeline.hide_accelerators_from_tf()
   d = config.data
   dataset = load_dataset(config, workdir, is_main=process_index == 0, barrier=barrier)
+  frames = None
+  if str(d.get('packed', '')):
+    from data_pipeline import pack  # pylint: disable=g-import-not-at-top
+    frames = pack.PackedFrames(str(d.packed))  # shards opened when a record is first read
   spe = 0
   if int(config.train.steps_per_epoch) > 0:
     spe = int(config.train.steps_per_epoch)
@@ -127,7 +143,7 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
     return pipeline.train_iterator(dataset.train, d, global_batch_size=global_batch_size,
                                    seed=int(config.seed), start_step=start_step,
                                    process_index=process_index, process_count=process_count,
-                                   num_steps=max(total - start_step, 0))
+                                   num_steps=max(total - start_step, 0), frames=frames)
 
   def eval_batches(index: TrackletIndex, test_sampling: Optional[str] = None):
     cfg = d
@@ -135,6 +151,7 @@ def build(config, workdir: str, *, global_batch_size: int, num_steps: Callable[[
       cfg = copy.deepcopy(d)
       cfg.test_sampling = test_sampling
     return pipeline.eval_iterator(index, cfg, batch_size=int(config.eval.batch_size),
-                                  process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count,
+                                  frames=frames)
 
   return Data(dataset, spe, train_batches, eval_batches, global_batch_size)

@@ -10,8 +10,9 @@ the top of the trainer / offline entry points for library callers), and raises
   (grl_jax/evaluators/);
 * the model's own shape constraints (`ModelSpec.check_config`: stripes vs feature height,
   clip length vs the model's temporal size, ...), which otherwise surface at trace time;
-* that the data root exists (quoting what the dataset's root must contain) and that a warm-start
-  checkpoint directory exists.
+* that the data root exists (quoting what the dataset's root must contain), or that
+  `config.data.packed` is a complete pack of the configured dataset (data_pipeline/pack/), and
+  that a warm-start checkpoint directory exists.
 
 It reads no pixels and compiles nothing: a bad config fails within seconds.
 """
@@ -164,6 +165,10 @@ def check_data_root(config) -> None:
   from data_pipeline import datasets  # pylint: disable=g-import-not-at-top
   from grl_jax import io  # pylint: disable=g-import-not-at-top
   d = config.data
+  if str(d.get('packed', '')):
+    io.check_remote(str(d.packed), 'config.data.packed')   # gs://: bucket and credentials
+    check_packed(config)
+    return
   if d.synthetic.enabled:
     return
   root = str(d.root)
@@ -171,11 +176,28 @@ def check_data_root(config) -> None:
   if not root:
     raise ConfigError(f'config.data.root is empty; expected the {d.dataset} directory. '
                       f'{help_text}')
-  if io.is_remote(root):   # gs:// etc.: the reader checks (a listing costs a round trip)
-    return
+  # gs://: a missing bucket or absent credentials is named here, before anything is compiled
+  # (one request per bucket); the dataset reader checks the layout below the root.
+  io.check_remote(root, 'config.data.root')
   if not io.exists(root):
     raise ConfigError(
         f'config.data.root={root!r} does not exist (dataset {d.dataset!r}). Expected '
         f'{help_text}. Put the data there or pass --config.data.root=/path '
         '(or set GRL_JAX_DATA to the folder holding it). For a dataset-free try, run '
         '--config=configs/demo.py.')
+
+
+def check_packed(config) -> None:
+  """config.data.packed must be a complete pack of config.data.dataset / split_id / protocol in
+  the current pack format (one line naming the path and what was expected)."""
+  from data_pipeline import pack  # pylint: disable=g-import-not-at-top
+  from grl_jax.errors import DatasetError  # pylint: disable=g-import-not-at-top
+  d = config.data
+  try:
+    meta = pack.check(str(d.packed), dataset=d.dataset, split_id=int(d.split_id))
+  except DatasetError as e:
+    raise ConfigError(f'config.data.packed={str(d.packed)!r}: {e}') from e
+  if d.protocol not in meta['gallery_rows']:
+    raise ConfigError(f'config.data.packed={str(d.packed)!r} holds the protocols '
+                      f'{sorted(meta["gallery_rows"])}; expected config.data.protocol='
+                      f'{d.protocol!r} among them')

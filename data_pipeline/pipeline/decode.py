@@ -66,25 +66,29 @@ def resize_if_needed(img: tf.Tensor, height: int, width: int) -> tf.Tensor:
   return tf.reshape(tf.cond(same, lambda: img, resize), [height, width, 3])
 
 
-def load_frame(path: tf.Tensor, fallback: bytes, height: int,
-               width: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """(uint8[H, W, 3], ok): a frame that fails `looks_valid` comes out black with ok=False."""
-  data = tf.io.read_file(path)
+def load_frame(path: tf.Tensor, fallback: bytes, height: int, width: int,
+               data: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
+  """(uint8[H, W, 3], ok): a frame that fails `looks_valid` comes out black with ok=False.
+  `data`, when given, is the frame's encoded bytes already read (from a pack): no file read."""
+  if data is None:
+    data = tf.io.read_file(path)
   ok = looks_valid(data)
   data = tf.where(ok, data, fallback)  # a string select instead of a cond around the decode
   img = tf.io.decode_image(data, channels=3, expand_animations=False)
   return resize_if_needed(img, height, width), ok
 
 
-def make_clip_fn(opts: DataOptions) -> Callable[[dict], dict]:
-  """Maps a clip element {paths: string[T], flip, crop, ...} to one with frames:
+def make_clip_fn(opts: DataOptions, packed: bool = False) -> Callable[[dict], dict]:
+  """Maps a clip element {paths: string[T], data: string[T], flip, crop, ...} to one with frames:
   uint8[T, H, W, 3] (loaded, resized, flipped, cropped; erasing comes later, on the host) and
-  ok: bool[T] (False where a frame failed the check and came out black)."""
+  ok: bool[T] (False where a frame failed the check and came out black). `packed`: decode the
+  bytes in `data` (read from a pack by the host plan) instead of reading `paths`."""
   t, h, w = opts.seq_len, opts.height, opts.width
   fallback = black_jpeg(h, w)
 
   def clip_fn(el):
-    loaded = [load_frame(el['paths'][i], fallback, h, w) for i in range(t)]
+    loaded = [load_frame(el['paths'][i], fallback, h, w, el['data'][i] if packed else None)
+              for i in range(t)]
     frames = tf.stack([f for f, _ in loaded])
     out = dict(el)
     out['frames'] = flip_crop(frames, el['flip'], el['crop'], opts.pad_crop)
@@ -94,16 +98,21 @@ def make_clip_fn(opts: DataOptions) -> Callable[[dict], dict]:
   return clip_fn
 
 
-def load_frame_eager(path: str, height: int, width: int) -> tuple[Optional[np.ndarray], str]:
+def load_frame_eager(path: str, height: int, width: int,
+                     read: Optional[Callable[[str], bytes]] = None
+                     ) -> tuple[Optional[np.ndarray], str]:
   """(uint8[H, W, 3] or None, reason): the slow, exception-safe loader of the repair path.
-  An empty path (a tracklet with no valid frame left) gives a black frame."""
+  An empty path (a tracklet with no valid frame left) gives a black frame. `read`: path ->
+  bytes for frames held in a pack (data_pipeline/pack/reader.py); default: the file."""
   if not path:
     return np.zeros((height, width, 3), np.uint8), ''
   try:
-    data = tf.io.read_file(path)
+    data = tf.io.read_file(path) if read is None else tf.constant(read(path))
     if not bool(looks_valid(data)):
       return None, 'truncated or not a JPEG/PNG/BMP'
     img = tf.io.decode_image(data, channels=3, expand_animations=False)
     return resize_if_needed(img, height, width).numpy(), ''
   except tf.errors.OpError as e:
     return None, f'{type(e).__name__}: {e.message.splitlines()[0][:200]}'
+  except Exception as e:  # pylint: disable=broad-except  (a pack's read: a broken shard)
+    return None, f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 from absl import logging
 import numpy as np
@@ -55,10 +55,19 @@ def candidates(i: int, n: int) -> Iterator[int]:
 
 
 class Resolver:
-  """Maps (tracklet row, sampled frame index) to the path actually loaded, on the host."""
+  """Maps (tracklet row, sampled frame index) to the path actually loaded, on the host.
 
-  def __init__(self, index: TrackletIndex, opts: DataOptions, stats: BadFrameStats):
+  `frames` is set when the index's frames live in a pack (data_pipeline/pack/reader.py
+  PackedFrames): paths are then virtual, never checked on disk, and loaded through its
+  `read(path)` (one frame) and `read_many(paths)` (a batch's, concurrently).
+  """
+
+  def __init__(self, index: TrackletIndex, opts: DataOptions, stats: BadFrameStats,
+               frames=None):
     self.index, self.opts, self.stats = index, opts, stats
+    self.read: Optional[Callable[[str], bytes]] = None if frames is None else frames.read
+    self.read_many: Optional[Callable[[list], list]] = (None if frames is None
+                                                        else frames.read_many)
     self.bad: set = set()  # paths this iterator knows to be bad
 
   def _known_bad(self, path: str) -> bool:
@@ -90,7 +99,7 @@ class Resolver:
       path = str(self.index.frame_paths[start + j])
       if self._known_bad(path):
         continue
-      if not storage.is_remote(path) and not os.path.exists(path):
+      if self.read is None and not storage.is_remote(path) and not os.path.exists(path):
         self.mark_bad(path, 'missing file')
         continue
       return path, j != i
@@ -105,7 +114,7 @@ class Resolver:
       path = str(self.index.frame_paths[start + j])
       if self._known_bad(path):
         continue
-      img, reason = load_frame_eager(path, self.opts.height, self.opts.width)
+      img, reason = load_frame_eager(path, self.opts.height, self.opts.width, self.read)
       if img is not None:
         return j != i, img
       self.mark_bad(path, reason)

@@ -4,7 +4,9 @@
 frame paths and augmentation parameters of this process's rows) -> unbatch into clips ->
 parallel map (read, check, decode, resize if needed, flip, pad + crop) -> batch -> prefetch ->
 numpy, then random erasing on the host. A step that makes TF raise is redone eagerly and the
-tf.data stream restarted after it.
+tf.data stream restarted after it. With `frames=` (a pack's PackedFrames,
+data_pipeline/pack/reader.py) the host plan reads each frame's bytes by record and the graph
+decodes them instead of reading files; everything else, randomness included, is the same.
 """
 from __future__ import annotations
 
@@ -23,13 +25,13 @@ from data_pipeline.pipeline.augment import (erase_inplace, flip_crop, no_augment
                                             sample_augmentation)
 from data_pipeline.pipeline.decode import load_frame_eager, make_clip_fn
 from data_pipeline.pipeline.options import DataOptions, data_options
-from data_pipeline.pipeline.plan import PLAN_KEYS, batch_plan
+from data_pipeline.pipeline.plan import DATA_KEY, GRAPH_KEYS, batch_plan
 from data_pipeline.pipeline.recovery import STATS, BadFrameStats, Resolver
 from data_pipeline.pipeline.tf_device import hide_accelerators_from_tf
 from grl_jax.errors import ConfigError
 
 _PLAN_DTYPES = (tf.string, tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.int32,
-                tf.int32, tf.int32)
+                tf.int32, tf.int32, tf.string)  # GRAPH_KEYS
 
 
 def _to_numpy(batch: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
@@ -70,7 +72,7 @@ class BatchIterator:
     self._stop = stop_step
     self._resolver = resolver
     self._out_keys = out_keys
-    self._clip_fn = make_clip_fn(opts)
+    self._clip_fn = make_clip_fn(opts, packed=resolver.read is not None)
     self.stats = resolver.stats
     self._it = self._build(self._step)
 
@@ -86,7 +88,9 @@ class BatchIterator:
 
   def _numpy_plan(self, step):
     plan = self._plan_step(int(step))
-    return [plan[k] for k in PLAN_KEYS]
+    if DATA_KEY not in plan:  # loose files: the graph reads `paths`
+      plan[DATA_KEY] = np.full(plan['paths'].shape, b'', object)
+    return [plan[k] for k in GRAPH_KEYS]
 
   def _build(self, start: int):
     stop = self._stop if self._stop is not None else np.iinfo(np.int64).max
@@ -94,11 +98,11 @@ class BatchIterator:
       return iter(())
     t, b = self._opts.seq_len, self._b
     shapes = {'paths': [b, t], 'idx0': [b, t], 'replaced': [b, t], 'tracklet': [b], 'pid': [b],
-              'camid': [b], 'flip': [b], 'crop': [b, 2], 'erase': [b, t, 8]}
+              'camid': [b], 'flip': [b], 'crop': [b, 2], 'erase': [b, t, 8], DATA_KEY: [b, t]}
 
     def plan(step):
       values = tf.numpy_function(self._numpy_plan, [step], _PLAN_DTYPES, stateful=True)
-      return {k: tf.ensure_shape(v, shapes[k]) for k, v in zip(PLAN_KEYS, values)}
+      return {k: tf.ensure_shape(v, shapes[k]) for k, v in zip(GRAPH_KEYS, values)}
 
     ds = tf.data.Dataset.range(start, stop).map(plan)
     ds = ds.unbatch().map(self._clip_fn, num_parallel_calls=tf.data.AUTOTUNE,
@@ -175,7 +179,8 @@ class BatchIterator:
         path = batch['paths'][j, t]
         path = path.decode() if isinstance(path, bytes) else str(path)
         if batch['ok'][j, t]:
-          img, reason = load_frame_eager(path, self._opts.height, self._opts.width)
+          img, reason = load_frame_eager(path, self._opts.height, self._opts.width,
+                                         self._resolver.read)
         else:
           reason = 'failed the JPEG/PNG completeness check'
         if img is None:
@@ -220,7 +225,7 @@ def _check_process(process_index: int, process_count: int) -> None:
 
 def train_iterator(index: TrackletIndex, data_cfg: Any, *, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                   num_steps: Optional[int] = None) -> BatchIterator:
+                   num_steps: Optional[int] = None, frames: Any = None) -> BatchIterator:
   """Training batches of this process for steps start_step, start_step + 1, ...
 
   Args:
@@ -232,6 +237,8 @@ def train_iterator(index: TrackletIndex, data_cfg: Any, *, global_batch_size: in
     start_step: first step (resume).
     process_index, process_count: this process and the number of processes.
     num_steps: stop after this many batches (None: endless).
+    frames: the pack holding the index's frames (data_pipeline/pack/reader.py PackedFrames,
+      for an index from its `load_dataset`); None: the frame paths are files.
 
   Returns:
     An iterator of dicts {frames: uint8[b, T, H, W, 3], pid: int32[b], camid: int32[b],
@@ -244,7 +251,7 @@ def train_iterator(index: TrackletIndex, data_cfg: Any, *, global_batch_size: in
       k=opts.k, pk_mode=opts.pk_mode)
   b = sampler.check_processes(process_count)
   _check_process(process_index, process_count)
-  resolver = Resolver(index, opts, BadFrameStats())
+  resolver = Resolver(index, opts, BadFrameStats(), frames)
   t = opts.seq_len
 
   def plan_step(step: int) -> dict:
@@ -292,13 +299,14 @@ def num_eval_batches(index: TrackletIndex, data_cfg: Any, batch_size: int) -> in
 
 
 def eval_iterator(index: TrackletIndex, data_cfg: Any, *, batch_size: int,
-                  process_index: int = 0, process_count: int = 1) -> BatchIterator:
+                  process_index: int = 0, process_count: int = 1,
+                  frames: Any = None) -> BatchIterator:
   """Every test clip of the split, without augmentation.
 
   The clips of `eval_clips` are cut into global batches of `batch_size` (the last one padded);
   process p yields rows [p*b, (p+1)*b) of each, b = batch_size / process_count, so every
   process yields `num_eval_batches` batches and concatenating the processes' batches in
-  process order gives the global clip order.
+  process order gives the global clip order. `frames`: as in `train_iterator`.
 
   Returns:
     An iterator of dicts {frames: uint8[b, T, H, W, 3], tracklet: int32[b]}; padding rows have
@@ -313,7 +321,7 @@ def eval_iterator(index: TrackletIndex, data_cfg: Any, *, batch_size: int,
   total = len(owner)
   b = batch_size // process_count
   opts = dataclasses.replace(opts, pad_crop=0)  # no augmentation at test time
-  resolver = Resolver(index, opts, BadFrameStats())
+  resolver = Resolver(index, opts, BadFrameStats(), frames)
   none = no_augmentation(opts)
 
   def plan_step(step: int) -> dict:
