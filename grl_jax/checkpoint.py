@@ -323,11 +323,11 @@ def complete_steps(directory: str, steps=None) -> list[int]:
   (`<step>.orbax-checkpoint-tmp-*`); the marker check also rejects a `<step>/` directory that was
   copied or synced only in part.
   """
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  root = epath.Path(directory)
   if steps is None:
-    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
-  return sorted(s for s in steps if (root / str(s) / 'commit_success.txt').exists())
+    steps = ([int(n) for n in io.listdir(directory) if n.isdigit()]
+             if io.exists(directory) else [])
+  return sorted(s for s in steps
+                if io.exists(io.join(directory, str(s), 'commit_success.txt')))
 
 
 def _set_aside_incomplete(directory: str):
@@ -336,18 +336,18 @@ def _set_aside_incomplete(directory: str):
   Orbax would otherwise count them as saved steps (a later save of that step would fail, and
   they would take a place in the keep-latest-K policy). Renaming keeps the bytes for inspection.
   """
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  root = epath.Path(directory)
-  if not root.exists():
+  if not io.exists(directory):
     return
-  for p in root.iterdir():
-    if p.name.isdigit() and p.is_dir() and not (p / 'commit_success.txt').exists():
+  for name in io.listdir(directory):
+    step_dir = io.join(directory, name)
+    if (name.isdigit() and io.isdir(step_dir)
+        and not io.exists(io.join(step_dir, 'commit_success.txt'))):
       n = 0
-      while (root / f'{p.name}.incomplete-{n}').exists():
+      while io.exists(io.join(directory, f'{name}.incomplete-{n}')):
         n += 1
-      py_logging.warning('checkpoint %s is incomplete (no commit marker): moved to %s', p,
-                         f'{p.name}.incomplete-{n}')
-      p.rename(root / f'{p.name}.incomplete-{n}')
+      py_logging.warning('checkpoint %s is incomplete (no commit marker): moved to %s',
+                         step_dir, f'{name}.incomplete-{n}')
+      io.rename(step_dir, io.join(directory, f'{name}.incomplete-{n}'))
 
 
 def _item_exists(directory: str, step: int, item: str) -> bool:

@@ -46,3 +46,7 @@ class InputError(GrlJaxError, ValueError):
 
 class ExportError(GrlJaxError, ValueError):
   """An export cannot run here (missing package) or its artifact disagrees with JAX."""
+
+
+class StorageError(GrlJaxError, OSError):
+  """A remote path whose bucket is missing, not accessible, or needs credentials we lack."""

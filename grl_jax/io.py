@@ -4,15 +4,22 @@ Everything the system writes into a workdir (config, metrics, evaluation JSON, p
 features) and reads back goes through here, over `etils.epath` (the library orbax uses for
 checkpoints), so a local path and an object-store URL behave the same. Only this module asks
 whether a path is remote.
+
+gs:// goes through TensorFlow's GCS filesystem (etils.epath picks tf.io.gfile when TensorFlow
+is installed), orbax's arrays through tensorstore's gcs driver, and `check_remote` through
+google-cloud-storage (which orbax also needs for gs://). tests/gcs/ runs all three against an
+emulator; tests/gcs/emulator.py says which environment variables point each one at it.
 """
 from __future__ import annotations
 
 import io as _io
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 from etils import epath
+
+from grl_jax.errors import StorageError
 
 
 def is_remote(path: str) -> bool:
@@ -45,6 +52,7 @@ def isdir(p: str) -> bool:
 
 
 def makedirs(p: str) -> str:
+  check_remote(p)
   path(p).mkdir(parents=True, exist_ok=True)
   return normalize(p)
 
@@ -135,3 +143,60 @@ def open_append(p: str):
     return _RewriteFile(p)
   makedirs(os.path.dirname(normalize(p)))
   return open(normalize(p), 'a')
+
+
+_BUCKET_PROBLEMS: dict[str, Optional[str]] = {}
+
+
+def check_remote(p: str, field: str = '') -> None:
+  """Raises StorageError naming `p` (and `field`, e.g. 'config.data.root') when `p` is on gs://
+  and its bucket does not exist, is not accessible or no credentials are found; no-op for
+  other paths. One bounded request per bucket and process (the answer is cached), so a typo'd
+  bucket is reported at start-up rather than after minutes of TensorFlow's retries."""
+  p = str(p)
+  if not p.startswith('gs://'):
+    return
+  bucket = p[len('gs://'):].split('/')[0]
+  if bucket not in _BUCKET_PROBLEMS:
+    _BUCKET_PROBLEMS[bucket] = _bucket_problem(bucket)
+  problem = _BUCKET_PROBLEMS[bucket]
+  if problem:
+    raise StorageError(f'{field + "=" if field else ""}{p!r}: {problem}')
+
+
+def _bucket_problem(bucket: str) -> Optional[str]:
+  """Why gs://`bucket` cannot be used, or None."""
+  if not bucket:
+    return 'no bucket name; expected gs://BUCKET/path'
+  try:
+    # pylint: disable=g-import-not-at-top
+    from google.api_core import exceptions as api_exceptions
+    from google.auth import exceptions as auth_exceptions
+    from google.cloud import storage
+    from google.cloud.storage import retry as storage_retry
+  except ImportError:
+    return ('gs:// needs the google-cloud-storage package (orbax uses it for gs:// '
+            'checkpoints): pip install -r requirements.txt')
+  import logging  # pylint: disable=g-import-not-at-top
+  auth_log = logging.getLogger('google.auth')
+  level = auth_log.level
+  # google-auth logs a warning for each credential source it fails to find; the one line
+  # below says what matters.
+  auth_log.setLevel(logging.ERROR)
+  try:
+    exists = storage.Client().bucket(bucket).exists(
+        timeout=20, retry=storage_retry.DEFAULT_RETRY.with_timeout(30))
+  except auth_exceptions.DefaultCredentialsError:
+    return ('no Google Cloud credentials found; run `gcloud auth application-default login`, '
+            'set GOOGLE_APPLICATION_CREDENTIALS to a key file, or run on a VM whose service '
+            'account can read the bucket')
+  except api_exceptions.Forbidden as e:
+    return f'access to bucket gs://{bucket} is denied to these credentials ({e.message})'
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f'bucket gs://{bucket} cannot be reached ({type(e).__name__}: {first})'
+  finally:
+    auth_log.setLevel(level)
+  if not exists:
+    return f'bucket gs://{bucket} does not exist'
+  return None

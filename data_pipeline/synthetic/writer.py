@@ -114,7 +114,9 @@ def _root_path(root: str) -> str:
     raise ConfigError('synthetic root is empty: expected a local directory path')
   if storage.is_remote(str(root)):
     raise ConfigError(f'synthetic root {str(root)!r}: expected a local directory (the generator '
-                      'does not write to URLs)')
+                      'does not write to URLs; generate it locally with `python -m '
+                      'data_pipeline.synthetic --root=DIR`, copy DIR to the bucket and pass '
+                      '--config.data.root=gs://.../DIR --config.data.synthetic.enabled=false)')
   return os.path.abspath(os.path.expanduser(str(root)))
 
 
