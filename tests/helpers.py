@@ -47,6 +47,32 @@ def subprocess_env(num_devices: int | None = None) -> dict:
   return env
 
 
+# Lines a child process may print around a one-line error (library start-up logging).
+LOG_NOISE = ('oneDNN', 'absl::InitializeLog', 'GOOGLE_AUTH_TOKEN_FOR_TESTING')
+
+
+def one_line_error_output(rc: int, out: str, prog: str = 'grl_jax') -> str:
+  """Asserts a child's exit status 1 and output of exactly one `<prog>: error: ...` line (start-up
+  logging aside) and no traceback; returns that line."""
+  lines = [x for x in out.splitlines() if x.strip() and not any(n in x for n in LOG_NOISE)]
+  assert rc == 1, out
+  assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: '), out
+  assert 'Traceback' not in out, out
+  return lines[0]
+
+
+def one_line_error_raised(capsys, call, prog: str) -> tuple[str, str]:
+  """Runs `call()` (a CLI entry point), asserts SystemExit(1) and exactly one stderr line
+  `<prog>: error: ...`; returns (that line, what was printed on stdout)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    call()
+  assert exit_info.value.code == 1
+  captured = capsys.readouterr()
+  err = captured.err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f'{prog}: error: '), captured
+  return err[0], captured.out
+
 # ------------------------------------------------------------------------------------------------
 # Toy model and objective (registered as 'toy')
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from grl_jax import convert
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARS = os.path.join(REPO, 'configs', 'mars.py')
@@ -221,12 +222,8 @@ def test_format_table_keeps_every_format_name():
 
 
 def _one_line_error(capsys, argv, match):
-  with pytest.raises(SystemExit) as exit_info:
-    convert.main(argv)
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('convert: error: '), err
-  assert match in err[0], err[0]
+  line, _ = helpers.one_line_error_raised(capsys, lambda: convert.main(argv), 'convert')
+  assert match in line, line
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):

@@ -66,12 +66,8 @@ MAIN = """
 
 
 def _one_line_error(capsys, argv, match):
-  with pytest.raises(SystemExit) as exit_info:
-    export_cli.main(argv)
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('export: error: '), err
-  assert match in err[0], err[0]
+  line, _ = helpers.one_line_error_raised(capsys, lambda: export_cli.main(argv), 'export')
+  assert match in line, line
 
 
 @pytest.fixture(scope='module')

@@ -177,14 +177,9 @@ def test_strict_stops_at_the_first_bad_file(dataset, tmp_path, capsys, caplog):
 
 
 def _one_line_error(capsys, run) -> str:
-  with pytest.raises(SystemExit) as e:
-    cli.run_or_fail('grl_jax', run)
-  assert e.value.code == 1
-  captured = capsys.readouterr()
-  err = captured.err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('grl_jax: error: '), captured
-  assert '[init]' not in captured.out, captured.out   # before anything is built
-  return err[0]
+  line, out = c.one_line_error_raised(capsys, lambda: cli.run_or_fail('grl_jax', run), 'grl_jax')
+  assert '[init]' not in out, out   # before anything is built
+  return line
 
 
 def test_malformed_csv_and_mat_are_one_line_errors_before_compute(tmp_path, capsys):

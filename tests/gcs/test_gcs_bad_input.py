@@ -24,12 +24,9 @@ def _one_line_error(env: dict, *args: str) -> str:
   proc = subprocess.run([sys.executable, '-m', 'grl_jax.main', *_DEMO, *args], cwd=c.REPO,
                         env=env, capture_output=True, text=True, timeout=120)
   out = proc.stdout + proc.stderr
-  lines = [x for x in out.splitlines() if x.strip() and 'oneDNN' not in x
-           and 'absl::InitializeLog' not in x and 'GOOGLE_AUTH_TOKEN_FOR_TESTING' not in x]
-  assert proc.returncode == 1, out
-  assert len(lines) == 1 and lines[0].startswith('grl_jax: error: '), out
-  assert '[init]' not in out and 'Traceback' not in out, out
-  return lines[0]
+  line = c.one_line_error_output(proc.returncode, out)
+  assert '[init]' not in out, out
+  return line
 
 
 def test_missing_bucket_or_folder_is_named_before_compiling(gcs, tmp_path):
