@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from grl_jax.errors import ConfigError, WorkdirError
 
 TINY = dict(num_train_ids=3, num_test_ids=10, height=64, width=32, median_len=6, max_len=14,
             min_tracklets=3, max_tracklets=5)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME_RE = re.compile(r'^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3})\.jpg$')
 
 
@@ -108,6 +110,52 @@ def test_deterministic(tree, tmp_path):
   assert sum(a[k] == c[k] for k in common) < 0.05 * max(1, len(common))
 
 
+def test_rendering_processes_write_the_same_bytes(tree, tmp_path):
+  root, _ = tree
+  shared = str(tmp_path / 'three')
+  synthetic.generate(shared, workers=3, **TINY)
+  assert tree_bytes(shared) == tree_bytes(root)
+
+
+_KILLABLE = """
+import sys
+from data_pipeline import synthetic
+synthetic.generate(sys.argv[1], workers=2, num_train_ids=60, num_test_ids=2, height=64,
+                   width=32)
+"""
+
+
+def _frames(root):
+  return sum(len(files) for _, _, files in os.walk(os.path.join(root, 'bbox_train')))
+
+
+def test_rendering_helpers_stop_when_the_generator_is_killed(tmp_path):
+  """A SIGKILLed generation leaves no helper writing into the tree that the restart redoes."""
+  root = str(tmp_path / 'killed')
+  proc = subprocess.Popen([sys.executable, '-c', _KILLABLE, root], cwd=REPO)
+  try:
+    deadline = time.time() + 120
+    while _frames(root) < 400:   # both processes are rendering by now
+      assert proc.poll() is None and time.time() < deadline, 'generation ended too early'
+      time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)   # a helper finishes at most the tracklet it is on
+    written = _frames(root)
+    time.sleep(1.5)
+    assert _frames(root) == written, 'a rendering helper kept writing after the kill'
+  finally:
+    proc.kill()
+  assert os.path.exists(os.path.join(root, synthetic.PROGRESS_MARKER))
+  # The restart (ensure) regenerates the half-written tree to the uninterrupted bytes.
+  summary = synthetic.ensure(root, workers=2, num_train_ids=60, num_test_ids=2, height=64,
+                             width=32)
+  assert summary['generated']
+  assert tree_bytes(root) == tree_bytes(synthetic.generate(
+      str(tmp_path / 'whole'), workers=1, num_train_ids=60, num_test_ids=2, height=64,
+      width=32)['root'])
+
+
 def test_not_separable_by_mean_colour(tree):
   """Nearest neighbour on per-tracklet mean RGB must not re-identify people across cameras."""
   root, _ = tree
@@ -167,6 +215,7 @@ def test_refuses_foreign_tree(tmp_path):
     (dict(occlusion_prob=1.5), r'occlusion_prob=1\.5: expected a probability'),
     (dict(num_train_ids=2.5), r'num_train_ids=2\.5: expected an integer'),
     (dict(colour=3), r'synthetic\.colour: unknown parameter'),
+    (dict(workers=0), r'synthetic workers=0: expected a positive number of processes'),
 ])
 def test_bad_parameters_are_config_errors(tmp_path, kwargs, match):
   for fn in (synthetic.generate, synthetic.ensure):

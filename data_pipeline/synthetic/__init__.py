@@ -1,7 +1,7 @@
 """Synthetic MARS: a complete MARS-layout tree of rendered walking people, for tests and demos.
 
     python -m data_pipeline.synthetic --root=/tmp/synmars [--ids 32] [--test-ids 32] [--seed 0]
-        [--height 256 --width 128] [--max-len 150] [--force]
+        [--height 256 --width 128] [--max-len 150] [--workers N] [--force]
 
     from data_pipeline import synthetic
     summary = synthetic.ensure('/tmp/synmars', height=128, width=64)   # generate if absent
@@ -36,7 +36,8 @@ What makes it a fair (small) re-ID task rather than a colour-lookup one:
 
 Everything is a function of `seed`: numpy Generators are seeded per (id), (camera) and
 (id, camera, tracklet), and PIL's JPEG encoder is deterministic, so the same arguments give the
-same bytes. Generation writes `.synthetic_in_progress` in the root first and
+same bytes, however many processes render them (`workers`: by default the usable CPUs, one
+per 4000 frames, at most 8; helpers stop when the generating process dies). Generation writes `.synthetic_in_progress` in the root first and
 `info/.synthetic_complete` last; `ensure` regenerates a tree whose completion marker is missing
 or whose parameters differ, and refuses to touch a directory that holds a MARS-like tree it did
 not write. Local directories only.

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                       default=SyntheticConfig.median_len)
   parser.add_argument('--max-len', '--max_len', type=int, default=SyntheticConfig.max_len)
   parser.add_argument('--quality', type=int, default=SyntheticConfig.quality)
+  parser.add_argument('--workers', type=int, default=None,
+                      help='processes rendering at once (default: the usable CPUs, at most 8; '
+                      'the bytes are the same for any number)')
   parser.add_argument('--force', action='store_true',
                       help='regenerate even if a complete tree with these parameters exists')
   return parser
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 min_tracklets=args.min_tracklets, max_tracklets=args.max_tracklets,
                 median_len=args.median_len, max_len=args.max_len, quality=args.quality)
   try:
-    summary = (generate if args.force else ensure)(args.root, **kwargs)
+    summary = (generate if args.force else ensure)(args.root, workers=args.workers, **kwargs)
   except GrlJaxError as e:
     print(f'synthetic: error: {e}', file=sys.stderr)
     return 2

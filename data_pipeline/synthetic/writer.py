@@ -12,6 +12,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -47,18 +49,81 @@ def _savemat_bytes(key: str, array: np.ndarray) -> bytes:
   return bytes(data)
 
 
-def _write_split(root: str, cfg: SyntheticConfig, split: str, tracklets: list[Tracklet],
-                 cameras: dict[int, dict]) -> list[str]:
-  names = []
+def _render_tracklets(root: str, cfg: SyntheticConfig, split: str, tracklets: list[Tracklet],
+                      cameras: dict[int, dict], parent: int | None = None) -> None:
+  """Renders and writes the JPEG frames of `tracklets` under <root>/bbox_<split>/.
+
+  `parent`: in a helper process, the pid of the generating process; the helper stops as soon as
+  that process is gone (killed), so it never writes into a tree that a restart regenerates.
+  """
   base = os.path.join(root, f'bbox_{split}')
   for t in tracklets:
+    if parent is not None and os.getppid() != parent:
+      raise SystemExit(1)
     folder = os.path.join(base, t.code)
     os.makedirs(folder, exist_ok=True)
     for f, img in enumerate(render_tracklet(cfg, t, cameras[t.cam]), 1):
-      name = t.name(f)
-      img.save(os.path.join(folder, name), format='JPEG', quality=cfg.quality)
-      names.append(name)
-  return names
+      img.save(os.path.join(folder, t.name(f)), format='JPEG', quality=cfg.quality)
+
+
+def render_shard(argv: list[str]) -> None:
+  """Helper-process entry: argv = [root, split, shard, num_shards, JSON of the config fields]."""
+  root, split, shard, num_shards, params = argv
+  cfg = SyntheticConfig.from_kwargs(**json.loads(params))
+  layout = plan(cfg)
+  cameras = {c: camera_model(cfg.seed, c, cfg.height, cfg.width)
+             for c in range(1, cfg.num_cameras + 1)}
+  _render_tracklets(root, cfg, split, layout[split][int(shard)::int(num_shards)], cameras,
+                    parent=int(os.environ['GRL_JAX_SYNTHETIC_PARENT']))
+
+
+# Frames per helper process below which starting one (about 0.3 s) costs more than it saves.
+_FRAMES_PER_WORKER = 4000
+
+
+def _num_workers(frames: int) -> int:
+  """Default processes rendering at once: the usable CPUs, at most 8, one per 4000 frames."""
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS
+    cpus = os.cpu_count() or 1
+  return max(1, min(8, cpus, frames // _FRAMES_PER_WORKER))
+
+
+def _write_split(root: str, cfg: SyntheticConfig, split: str, tracklets: list[Tracklet],
+                 cameras: dict[int, dict], workers: int | None) -> list[str]:
+  """Writes the split's frames, rendered by `workers` processes; returns the frame names.
+
+  Each tracklet is a pure function of (cfg.seed, tracklet), so the bytes do not depend on how
+  the tracklets are shared out: this process renders every `workers`-th one and helper
+  processes (`render_shard`, a fresh interpreter importing only this package) the others.
+  """
+  if workers is None:
+    workers = _num_workers(sum(t.length for t in tracklets))
+  helpers = []
+  env = dict(os.environ, GRL_JAX_SYNTHETIC_PARENT=str(os.getpid()))
+  params = json.dumps(dataclasses.asdict(cfg))
+  code = 'import sys; from data_pipeline.synthetic import writer; writer.render_shard(sys.argv[1:])'
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (repo, env.get('PYTHONPATH')) if p)
+  try:
+    for shard in range(1, workers):
+      helpers.append(subprocess.Popen(
+          [sys.executable, '-c', code, root, split, str(shard), str(workers), params], env=env,
+          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    _render_tracklets(root, cfg, split, tracklets[0::workers], cameras)
+    for shard, helper in enumerate(helpers, 1):
+      _, err = helper.communicate()
+      if helper.returncode:
+        last = (err.decode(errors='replace').strip().splitlines() or ['no output'])[-1]
+        raise WorkdirError(f'synthetic root {root!r}: rendering shard {shard}/{workers} of '
+                           f'bbox_{split} failed (exit {helper.returncode}): {last}')
+  finally:
+    for helper in helpers:
+      if helper.poll() is None:
+        helper.kill()
+        helper.wait()
+  return [t.name(f) for t in tracklets for f in range(1, t.length + 1)]
 
 
 def _info_array(tracklets: list[Tracklet]) -> np.ndarray:
@@ -120,7 +185,7 @@ def _root_path(root: str) -> str:
   return os.path.abspath(os.path.expanduser(str(root)))
 
 
-def _write_tree(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
+def _write_tree(root: str, cfg: SyntheticConfig, workers: int | None) -> dict[str, Any]:
   """Clears `root` of an older synthetic tree and writes the tree of `cfg`; returns its summary."""
   if os.path.exists(root) and not os.path.isdir(root):
     raise WorkdirError(f'synthetic root {root!r} exists and is not a directory')
@@ -134,7 +199,7 @@ def _write_tree(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
   info = os.path.join(root, 'info')
   os.makedirs(info, exist_ok=True)
   for split, key in (('train', 'track_train_info'), ('test', 'track_test_info')):
-    names = _write_split(root, cfg, split, layout[split], cameras)
+    names = _write_split(root, cfg, split, layout[split], cameras, workers)
     with open(os.path.join(info, f'{split}_name.txt'), 'w') as f:
       f.write('\n'.join(names) + '\n')
     with open(os.path.join(info, f'tracks_{split}_info.mat'), 'wb') as f:
@@ -152,11 +217,13 @@ def _write_tree(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
   return summary
 
 
-def generate(root: str, **kwargs) -> dict[str, Any]:
+def generate(root: str, *, workers: int | None = None, **kwargs) -> dict[str, Any]:
   """Writes a synthetic MARS tree under `root` (replacing a previous synthetic one).
 
   Args:
     root: local directory (created if needed).
+    workers: processes rendering at once (default: the usable CPUs, at most 8 and one per 4000
+      frames of a split); the bytes written are the same for any number.
     **kwargs: SyntheticConfig fields (num_train_ids, num_test_ids, seed, height, width,
       num_cameras, min_tracklets, max_tracklets, min_len, median_len, max_len, ...).
 
@@ -170,10 +237,12 @@ def generate(root: str, **kwargs) -> dict[str, Any]:
     WorkdirError: `root` cannot be created or written.
   """
   cfg = SyntheticConfig.from_kwargs(**kwargs)
+  if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+    raise ConfigError(f'synthetic workers={workers!r}: expected a positive number of processes')
   t0 = time.perf_counter()
   root = _root_path(root)
   try:
-    summary = _write_tree(root, cfg)
+    summary = _write_tree(root, cfg, None if workers is None else int(workers))
   except GrlJaxError:
     raise
   except OSError as e:
@@ -183,7 +252,7 @@ def generate(root: str, **kwargs) -> dict[str, Any]:
   return dict(summary, root=root, generated=True, seconds=round(time.perf_counter() - t0, 3))
 
 
-def ensure(root: str, **kwargs) -> dict[str, Any]:
+def ensure(root: str, *, workers: int | None = None, **kwargs) -> dict[str, Any]:
   """Returns the summary of the synthetic tree at `root`, generating it if absent/incomplete.
 
   A tree is reused only if its completion marker exists and records the same parameters;
@@ -197,4 +266,4 @@ def ensure(root: str, **kwargs) -> dict[str, Any]:
       and marker.get('format_version') == FORMAT_VERSION
       and not os.path.exists(os.path.join(root, PROGRESS_MARKER))):
     return dict(marker, root=root, generated=False, seconds=0.0)
-  return generate(root, **kwargs)
+  return generate(root, workers=workers, **kwargs)
