@@ -120,7 +120,7 @@ def test_rendering_processes_write_the_same_bytes(tree, tmp_path):
 _KILLABLE = """
 import sys
 from data_pipeline import synthetic
-synthetic.generate(sys.argv[1], workers=2, num_train_ids=60, num_test_ids=2, height=64,
+synthetic.generate(sys.argv[1], workers=2, num_train_ids=40, num_test_ids=2, height=64,
                    width=32)
 """
 
@@ -130,12 +130,13 @@ def _frames(root):
 
 
 def test_rendering_helpers_stop_when_the_generator_is_killed(tmp_path):
-  """A SIGKILLed generation leaves no helper writing into the tree that the restart redoes."""
+  """A SIGKILLed generation leaves no helper writing into the tree that a restart redoes (the
+  restart's regeneration of a half-written tree: test_ensure_reuses_and_regenerates)."""
   root = str(tmp_path / 'killed')
   proc = subprocess.Popen([sys.executable, '-c', _KILLABLE, root], cwd=REPO)
   try:
     deadline = time.time() + 120
-    while _frames(root) < 400:   # both processes are rendering by now
+    while _frames(root) < 300:   # both processes are rendering by now
       assert proc.poll() is None and time.time() < deadline, 'generation ended too early'
       time.sleep(0.05)
     proc.kill()
@@ -147,13 +148,6 @@ def test_rendering_helpers_stop_when_the_generator_is_killed(tmp_path):
   finally:
     proc.kill()
   assert os.path.exists(os.path.join(root, synthetic.PROGRESS_MARKER))
-  # The restart (ensure) regenerates the half-written tree to the uninterrupted bytes.
-  summary = synthetic.ensure(root, workers=2, num_train_ids=60, num_test_ids=2, height=64,
-                             width=32)
-  assert summary['generated']
-  assert tree_bytes(root) == tree_bytes(synthetic.generate(
-      str(tmp_path / 'whole'), workers=1, num_train_ids=60, num_test_ids=2, height=64,
-      width=32)['root'])
 
 
 def test_not_separable_by_mean_colour(tree):
