@@ -1,5 +1,6 @@
 """The tiny demo with its data root AND workdir on gs:// (the emulator of tests/gcs/emulator.py):
-train, SIGKILL mid-run, resume to the same losses as an uninterrupted run, eval, extract.
+train, SIGKILL mid-run, resume to the same losses as an uninterrupted run of the same data on
+local disk, eval, extract.
 
 Every layer goes to the emulator: frames through tf.data's tf.io.read_file, the dataset index
 and workdir files through grl_jax/io.py (tf.io.gfile), TensorBoard event files, orbax
@@ -23,8 +24,8 @@ from tests.gcs.conftest import upload_tree
 
 pytestmark = pytest.mark.gcs
 
-# 6 / 4 identities like the fault suite's tiny demo, with 4-10 frame tracklets (~440 files).
-SYNTHETIC = dict(num_train_ids=6, num_test_ids=4, height=32, width=16, min_len=4, median_len=6,
+# 6 / 2 identities, with 4-10 frame tracklets (~330 files): every frame is a request.
+SYNTHETIC = dict(num_train_ids=6, num_test_ids=2, height=32, width=16, min_len=4, median_len=6,
                  max_len=10)
 
 
@@ -33,8 +34,8 @@ def gcs_data(gcs, tmp_path_factory):
   local = str(tmp_path_factory.mktemp('synthetic') / 'MARS')
   synthetic.generate(local, **SYNTHETIC)
   bucket = gcs.bucket('data')
-  assert upload_tree(local, f'{bucket}/MARS') > 300
-  return f'{bucket}/MARS'
+  assert upload_tree(local, f'{bucket}/MARS') > 200
+  return f'{bucket}/MARS', local
 
 
 def _command(workdir: str, data: str, steps: int, *extra: str) -> list[str]:
@@ -66,14 +67,16 @@ def _records(workdir: str, kind: str) -> dict[int, list[dict]]:
   return out
 
 
-def test_train_kill_resume_eval_extract_all_on_gcs(gcs, gcs_data, request):
+def test_train_kill_resume_eval_extract_all_on_gcs(gcs, gcs_data, tmp_path, request):
   work = gcs.bucket('work') + '/run'
+  gcs_data, local_data = gcs_data
 
   # 1. Train "forever"; SIGKILL once a checkpoint is committed in the bucket. Meanwhile (the
-  # runs wait on the emulator much of the time) an uninterrupted run of `final` steps.
+  # runs wait on the emulator much of the time) an uninterrupted run of `final` steps of the
+  # same files on local disk: gs:// must change nothing.
   final = 8
-  reference = gcs.bucket('reference') + '/run'
-  uninterrupted_run = fh.Child(_command(reference, gcs_data, final), env=gcs.env())
+  reference = str(tmp_path / 'reference')
+  uninterrupted_run = fh.Child(_command(reference, local_data, final), env=gcs.env())
   request.addfinalizer(uninterrupted_run.kill)   # if the test fails before it ends
   child = fh.Child(_command(work, gcs_data, 100000), env=gcs.env())
   child.wait_for(lambda: checkpoint.complete_steps(io.join(work, 'checkpoints')), 400,
