@@ -185,6 +185,9 @@ def test_ensure_reuses_and_regenerates(tmp_path):
   assert synthetic.ensure(root, **dict(small, seed=3))['generated']
   assert not os.path.exists(os.path.join(root, synthetic.PROGRESS_MARKER))
   assert not synthetic.ensure(root, **dict(small, seed=3))['generated']
+  # A bad process count is refused even when the tree exists and nothing would be rendered.
+  with pytest.raises(ConfigError, match='workers=0'):
+    synthetic.ensure(root, workers=0, **dict(small, seed=3))
 
 
 def test_refuses_foreign_tree(tmp_path):

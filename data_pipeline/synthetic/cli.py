@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--max-len', '--max_len', type=int, default=SyntheticConfig.max_len)
   parser.add_argument('--quality', type=int, default=SyntheticConfig.quality)
   parser.add_argument('--workers', type=int, default=None,
-                      help='processes rendering at once (default: the usable CPUs, at most 8; '
-                      'the bytes are the same for any number)')
+                      help='processes rendering at once (default: the usable CPUs, at most 8 and one '
+                      'per 4000 frames; the bytes are the same for any number)')
   parser.add_argument('--force', action='store_true',
                       help='regenerate even if a complete tree with these parameters exists')
   return parser

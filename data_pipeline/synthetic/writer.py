@@ -90,6 +90,12 @@ def _num_workers(frames: int) -> int:
   return max(1, min(8, cpus, frames // _FRAMES_PER_WORKER))
 
 
+def _check_workers(workers) -> None:
+  """ConfigError unless `workers` is None (the default) or a positive integer."""
+  if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+    raise ConfigError(f'synthetic workers={workers!r}: expected a positive number of processes')
+
+
 def _write_split(root: str, cfg: SyntheticConfig, split: str, tracklets: list[Tracklet],
                  cameras: dict[int, dict], workers: int | None) -> list[str]:
   """Writes the split's frames, rendered by `workers` processes; returns the frame names.
@@ -237,8 +243,7 @@ def generate(root: str, *, workers: int | None = None, **kwargs) -> dict[str, An
     WorkdirError: `root` cannot be created or written.
   """
   cfg = SyntheticConfig.from_kwargs(**kwargs)
-  if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
-    raise ConfigError(f'synthetic workers={workers!r}: expected a positive number of processes')
+  _check_workers(workers)
   t0 = time.perf_counter()
   root = _root_path(root)
   try:
@@ -260,6 +265,7 @@ def ensure(root: str, *, workers: int | None = None, **kwargs) -> dict[str, Any]
   `generate`.
   """
   cfg = SyntheticConfig.from_kwargs(**kwargs)
+  _check_workers(workers)
   root = _root_path(root)
   marker = _read_marker(root)
   if (marker is not None and marker.get('params') == dataclasses.asdict(cfg)
