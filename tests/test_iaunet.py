@@ -175,7 +175,8 @@ def test_tiny_iaunet_outputs_objective_and_seq_len_check():
   assert spec.descriptor_distance == 'cosine'
   model = spec.build(cfg, 3)
   x = jnp.asarray(np.random.RandomState(7).randn(4, 4, 32, 16, 3).astype(np.float32))
-  v = model.init(jax.random.PRNGKey(0), x, train=True)
+  # Jitted init: eagerly, each of the init's many small ops is compiled on its own (~40 s cold).
+  v = jax.jit(lambda key, x: model.init(key, x, train=True))(jax.random.PRNGKey(0), x)
   out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
   assert out['feature'].shape == out['bn_feature'].shape == (4, 128)
   assert out['logits'].shape == (4, 3)
@@ -188,7 +189,7 @@ def test_tiny_iaunet_outputs_objective_and_seq_len_check():
   ev = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x[:, :2])  # sub-mask
   assert ev['descriptor'].shape == (4, 128)
   with pytest.raises(ValueError, match='seq_len=4'):
-    model.apply(v, jnp.concatenate([x, x], axis=1), train=False)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), v, jnp.concatenate([x, x], 1))
 
 
 def _mars():

@@ -136,21 +136,23 @@ def tiny_models():
   out = {}
   for name in ('nvan', 'ste_nvan'):
     model = _tiny(name)
-    variables = np_reference.randomise(model.init(jax.random.PRNGKey(0), _frames(), train=True), 11)
+    init = jax.jit(lambda key, x, m=model: m.init(key, x, train=True))  # eager: op by op, slow
+    variables = np_reference.randomise(init(jax.random.PRNGKey(0), _frames()), 11)
     out[name] = (model, variables, jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)))
   return out
 
 
 @pytest.mark.parametrize('name', ['nvan', 'ste_nvan'])
 def test_model_outputs_and_objective_wiring(tiny_models, name):
-  model, variables, _ = tiny_models[name]
+  model, variables, evaluate = tiny_models[name]
   spec = registry.get(name)
   assert spec.descriptor_distance == 'cosine'
-  out, _ = model.apply(variables, _frames(), train=True, mutable=['batch_stats'])
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  out, _ = train(variables, _frames())
   assert set(out) == {'feature', 'logits'}
   assert out['feature'].shape == (2, 128) and out['logits'].shape == (2, 5)
   assert out['feature'].dtype == jnp.float32
-  eval_out = model.apply(variables, _frames(), train=False)
+  eval_out = evaluate(variables, _frames())
   assert eval_out['descriptor'].shape == (2, 128)
   # descriptor = BNNeck(feature) with running statistics and no bias.
   bn_p, bn_s = variables['params']['bnneck'], variables['batch_stats']['bnneck']
@@ -160,11 +162,12 @@ def test_model_outputs_and_objective_wiring(tiny_models, name):
   assert 'bias' not in bn_p and 'bias' not in variables['params']['classifier']
   # Eval never touches the classifier: inference rebuilds the model without the identity count.
   other = registry.get(name).build({'name': name, **TINY}, 1)
-  np.testing.assert_array_equal(np.asarray(other.apply(variables, _frames(), train=False)[
-      'descriptor']), np.asarray(eval_out['descriptor']))
+  other_eval = jax.jit(lambda v, x: other.apply(v, x, train=False))  # same compiled path
+  np.testing.assert_array_equal(np.asarray(other_eval(variables, _frames())['descriptor']),
+                                np.asarray(eval_out['descriptor']))
   objective = spec.objective({'triplet_margin': 'soft'}, 5)
   batch = {'pid': jnp.asarray([0, 0, 1, 1], jnp.int32)}
-  out4, _ = model.apply(variables, _frames(b=4), train=True, mutable=['batch_stats'])
+  out4, _ = train(variables, _frames(b=4))
   loss, metrics = objective.loss(out4, batch, objective.init_state())
   assert np.isfinite(float(loss)) and {'ce', 'triplet'} <= set(metrics)
 
