@@ -102,12 +102,11 @@ def feature_size(size: int, stage: int, num_stages: int, last_stride: int) -> in
 
 def conv(features: int, kernel: int = 1, stride: int = 1, padding: int = 0, *,
          dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """A bias-free square conv with PyTorch's symmetric padding; float32 params, `dtype` compute
-  (a map smaller than the kernel runs as a matmul: `layers.conv_general_dilated`)."""
+  """A bias-free square conv with PyTorch's symmetric padding; float32 params, `dtype` compute."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=False,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=layers.kaiming_fan_out_init,
-                 conv_general_dilated=layers.conv_general_dilated, name=name)
+                 name=name)
 
 
 class Bottleneck(nn.Module):
