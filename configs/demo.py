@@ -92,6 +92,7 @@ def get_config(arg: str | None = None):
       config.model.non_layers = (0, 1, 1, 0)
       config.model.stripes = 4
     config.optim.lr = 2e-3
+    config.optim.warmup_epochs = 2           # 64 steps: see the docstring
     config.optim.epochs = 24                 # 768 steps
     config.optim.decay_epochs = (18,)
     config.train.eval_every_epochs = 4       # + the untrained model (step 0)

@@ -181,3 +181,31 @@ def test_stage_sizes_for():
   assert resnet.stage_sizes_for(50) == (3, 4, 6, 3)
   with pytest.raises(ConfigError, match='config.model.resnet_depth=18'):
     resnet.stage_sizes_for(18)
+
+
+@pytest.mark.parametrize('shape,kernel,stride,pad', [
+    ((3, 4, 2, 5), 3, 1, 1),     # the demo trunk's layer4: a 4 x 2 map under a 3x3 kernel
+    ((2, 2, 3, 4), 3, 2, 1),
+    ((2, 2, 2, 3), 7, 2, 3),
+    ((2, 8, 4, 3), 3, 1, 1),     # not smaller than the kernel: the plain convolution
+])
+def test_conv_on_a_map_smaller_than_its_kernel_matches_the_convolution(shape, kernel, stride, pad):
+  from grl_jax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(3)
+  x = jnp.asarray(rng.randn(*shape).astype(np.float32))
+  w = jnp.asarray(rng.randn(kernel, kernel, shape[-1], 6).astype(np.float32))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+  args = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+              dimension_numbers=dn)
+  ours = lambda x, w: layers.conv_general_dilated(x, w, **args)  # noqa: E731
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, **args)  # noqa: E731
+  np.testing.assert_allclose(ours(x, w), np_conv(np.asarray(x, np.float64), np.asarray(w),
+                                                 stride, pad), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w)  # noqa: E731
+  for a, b in zip(grad(ours), grad(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # The small map is a matmul (XLA would swap a convolution's operands there, module
+  # docstring of layers.conv_general_dilated); the larger one stays a convolution.
+  prims = {e.primitive.name for e in jax.make_jaxpr(ours)(x, w).jaxpr.eqns}
+  small = min(shape[1:3]) < kernel
+  assert ('conv_general_dilated' in prims) != small and ('dot_general' in prims) == small

@@ -102,11 +102,12 @@ def feature_size(size: int, stage: int, num_stages: int, last_stride: int) -> in
 
 def conv(features: int, kernel: int = 1, stride: int = 1, padding: int = 0, *,
          dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """A bias-free square conv with PyTorch's symmetric padding; float32 params, `dtype` compute."""
+  """A bias-free square conv with PyTorch's symmetric padding; float32 params, `dtype` compute
+  (a map smaller than the kernel runs as a matmul: `layers.conv_general_dilated`)."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=False,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=layers.kaiming_fan_out_init,
-                 name=name)
+                 conv_general_dilated=layers.conv_general_dilated, name=name)
 
 
 class Bottleneck(nn.Module):
