@@ -46,7 +46,9 @@ one bottleneck of layer2 and layer3, 4 stripes), IAUnet tests on dense 4-frame c
 recipe, and they train with Adam 2e-3 for 24 epochs (768 steps, lr x0.1 from epoch 18) since
 they start from scratch, on the GRL demo's data (128 / 64 identities: with 48 / 32 and Adam 1e-3
 for 25 epochs they reached only 25-33% mAP; with 12 epochs, 384 steps, 33-43% and still rising
-steeply).
+steeply). STE-NVAN and IAUnet warm up linearly over 2 epochs (64 steps): their seeds spread
+by 4.5 and 4.9 points without it and within +-3 with it; NVAN does not (+-3.8 with it, +-2.9
+without; benchmarks/RESULTS.md, "Demo over seeds, 2026-12-03").
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ def get_config(arg: str | None = None):
       config.model.non_layers = (0, 1, 1, 0)
       config.model.stripes = 4
     config.optim.lr = 2e-3
-    config.optim.warmup_epochs = 2           # 64 steps: see the docstring
+    # 64 steps for STE-NVAN / IAUnet; none for NVAN (it spread more with it): see the docstring
+    config.optim.warmup_epochs = 0 if args.model == 'nvan' else 2
     config.optim.epochs = 24                 # 768 steps
     config.optim.decay_epochs = (18,)
     config.train.eval_every_epochs = 4       # + the untrained model (step 0)
