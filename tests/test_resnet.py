@@ -204,8 +204,8 @@ def test_conv_on_a_map_smaller_than_its_kernel_matches_the_convolution(shape, ke
   grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w)  # noqa: E731
   for a, b in zip(grad(ours), grad(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  # The small map is a matmul (XLA would swap a convolution's operands there, module
-  # docstring of layers.conv_general_dilated); the larger one stays a convolution.
+  # The small map is a matmul (XLA would swap a convolution's operands there: the docstring
+  # of layers.conv_general_dilated); the larger one stays a convolution.
   prims = {e.primitive.name for e in jax.make_jaxpr(ours)(x, w).jaxpr.eqns}
   small = min(shape[1:3]) < kernel
   assert ('conv_general_dilated' in prims) != small and ('dot_general' in prims) == small

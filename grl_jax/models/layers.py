@@ -130,14 +130,15 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, *,
                             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                             feature_group_count=feature_group_count, precision=precision,
                             **kwargs)
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
   unit = lambda d: d is None or all(v == 1 for v in d)  # noqa: E731
+  nhwc = lambda: jax.lax.conv_dimension_numbers(  # noqa: E731  (only for a 4-D lhs)
+      lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
   # A symbolic batch (an export with a dynamic batch) keeps the plain conv: converters such as
   # jax2onnx cannot pad a tensor whose batch is symbolic.
   if (lhs.ndim != 4 or isinstance(padding, str) or feature_group_count != 1 or kwargs
       or not all(isinstance(d, int) for d in lhs.shape)
       or not unit(lhs_dilation) or not unit(rhs_dilation)
-      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc()
       or all(n >= k for n, k in zip(lhs.shape[1:3], rhs.shape[:2]))):
     return plain(lhs, rhs)
   (kh, kw), (sh, sw) = rhs.shape[:2], tuple(window_strides)
