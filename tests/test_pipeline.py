@@ -13,11 +13,13 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 
 from configs import base
 from data_pipeline import pipeline
 from data_pipeline import sampling
 from data_pipeline.index import TrackletIndex
+from data_pipeline.pipeline import decode
 from data_pipeline.pipeline import plan as plan_lib
 from data_pipeline.pipeline import recovery
 from grl_jax import errors
@@ -217,6 +219,41 @@ def test_resize_to_configured_size(tmp_path):
   assert b['frames'].shape == (4, T, H, W, 3)
   for pos, row in enumerate(b['tracklet']):
     assert all(_decode(f)[0] == row for f in b['frames'][pos])
+
+
+def test_clip_mixing_frame_sizes_is_resized_frame_by_frame(tmp_path):
+  # One tracklet whose frames alternate between H x W and 2H x 2W: the clip is decoded with one
+  # resize branch for all of its frames, so every frame must still come out H x W, as the
+  # per-frame eager loader makes it, and in order.
+  paths = []
+  for f in range(T):
+    big = f % 2 == 1
+    p = os.path.join(str(tmp_path), f'mixed_{f}.jpg')
+    _write(p, _image(0, f, 2 * H if big else H, 2 * W if big else W))
+    paths.append(p)
+  index = TrackletIndex.from_lists([paths, paths], [0, 1], [0, 1])
+  cfg = _cfg(train_sampling='stride', sample_stride=1)
+  b = next(pipeline.train_iterator(index, cfg, global_batch_size=2, seed=0))
+  assert b['frames'].shape == (2, T, H, W, 3)
+  want = np.stack([decode.load_frame_eager(p, H, W)[0] for p in paths])
+  for pos in range(2):
+    np.testing.assert_array_equal(b['frames'][pos], want)
+
+
+def test_clip_check_equals_the_check_of_each_file(tmp_path):
+  jpeg = os.path.join(str(tmp_path), 'a.jpg')
+  png = os.path.join(str(tmp_path), 'a.png')
+  bmp = os.path.join(str(tmp_path), 'a.bmp')
+  _write(jpeg, _image(0, 0))
+  Image.fromarray(_image(0, 1)).save(png)
+  Image.fromarray(_image(0, 2)).save(bmp)
+  datas = [open(f, 'rb').read() for f in (jpeg, png, bmp)]
+  datas += [d[:len(d) // 2] for d in datas]          # truncated copies
+  datas += [b'', b'BM', b'\xff\xd8', b'not an image', datas[0] + b'trailing']
+  want = [True] * 3 + [False] * 3 + [False] * 5
+  assert [bool(decode.looks_valid(tf.constant(d))) for d in datas] == want
+  assert decode.looks_valid(tf.constant(datas)).numpy().tolist() == want
+  assert decode.looks_valid(tf.constant(datas, shape=[11, 1])).numpy()[:, 0].tolist() == want
 
 
 def test_eval_iterator_covers_every_clip_with_padding(clean_index):
