@@ -11,6 +11,8 @@ JSON lines to FILE). Measurements, in the order run:
                                   official code imports `reid` top-level; nothing edits sys.path)
   matmul_bf16_peak                a large bf16 matmul: the peak every utilisation is against
   grl_train_{bf16,f32}_recipe     full GRL (configs/mars.py:model=grl), 16 x 8 x 256 x 128
+  grl_train_bf16_unrolled         the bf16 recipe row with the TRL unrolled (trl_scan=False):
+                                  scan or unrolled, which runs faster on this backend
   grl_eval_extract                GRL eval step (descriptor extraction), eval batch 64, bf16
   evaluate_features               grl_jax.evaluation at MARS scale, cas: 1,980 x 11,310 x 2048
   {nvan,ste_nvan,iaunet}_train    the baselines' recipe steps (32 clips), bf16
@@ -63,19 +65,20 @@ OFFICIAL = ('official_grl_train_amp', 'official_grl_train_fp32')
 # JAX measurements in run order (one worker process on a GPU): fixed-size rows first, the
 # largest-batch searches (the costliest, cut short by the budget) last.
 JAX_ROWS = ('matmul_bf16_peak', 'grl_train_bf16_recipe', 'grl_train_f32_recipe',
-            'grl_eval_extract', 'evaluate_features', 'nvan_train', 'ste_nvan_train',
+            'grl_train_bf16_unrolled', 'grl_eval_extract', 'evaluate_features', 'nvan_train', 'ste_nvan_train',
             'iaunet_train', 'grl_train_bf16_max', 'grl_train_f32_max')
 ALL_ROWS = OFFICIAL + JAX_ROWS
 # --smoke runs each code path of the suite once: the rows below repeat another row's code with
 # only a config value changed (dtype, model), and each costs a cold XLA:CPU compile of a whole
 # train step (20-30 s of CPU), so they are reported as skipped unless --smoke_all.
 SMOKE_SAME_AS = {'grl_train_bf16_recipe': 'grl_train_f32_recipe',
+                 'grl_train_bf16_unrolled': 'grl_train_f32_recipe',
                  'grl_train_bf16_max': 'grl_train_f32_max',
                  'nvan_train': 'ste_nvan_train', 'iaunet_train': 'ste_nvan_train'}
 # --smoke on two cores: two workers of about equal compile work. The GRL rows share one build
 # and one initialiser (the search's first probe is the recipe's compile).
 SMOKE_SPLIT = (('grl_train_f32_recipe', 'grl_train_f32_max', 'grl_eval_extract',
-                'grl_train_bf16_recipe', 'grl_train_bf16_max'),
+                'grl_train_bf16_recipe', 'grl_train_bf16_unrolled', 'grl_train_bf16_max'),
                ('matmul_bf16_peak', 'ste_nvan_train', 'evaluate_features', 'nvan_train',
                 'iaunet_train'))
 
@@ -84,8 +87,9 @@ SMOKE_SPLIT = (('grl_train_f32_recipe', 'grl_train_f32_max', 'grl_eval_extract',
 # Worker: the JAX rows (imports JAX; the parent never does, so it never takes the GPU)
 
 
-def _config(model: str, dtype: str, smoke: bool):
-  """configs/mars.py's recipe (accel=gpu), or configs/demo.py's reduction for --smoke."""
+def _config(model: str, dtype: str, smoke: bool, trl_scan: bool = True):
+  """configs/mars.py's recipe (accel=gpu), or configs/demo.py's reduction for --smoke;
+  `trl_scan=False` unrolls GRL's TRL."""
   if smoke:
     from configs import demo  # pylint: disable=g-import-not-at-top
     config = demo.get_config(f'model={model},accel=cpu')
@@ -94,6 +98,8 @@ def _config(model: str, dtype: str, smoke: bool):
     config = mars.get_config(f'model={model},accel=gpu')
   with config.unlocked():
     config.model.dtype = dtype
+    if not trl_scan:
+      config.model.trl_scan = False
     if smoke:
       config.train.global_batch_size = 4
       config.eval.batch_size = 4
@@ -119,10 +125,11 @@ def run_worker(names: list[str], args) -> None:
   steps = args.steps or (2 if smoke else 10)
   benches = {}
 
-  def bench(dtype):
-    if dtype not in benches:
-      benches[dtype] = jax_rows.TrainBench(_config('grl', dtype, smoke), classes, smoke)
-    return benches[dtype]
+  def bench(dtype, trl_scan=True):
+    if (dtype, trl_scan) not in benches:
+      benches[dtype, trl_scan] = jax_rows.TrainBench(_config('grl', dtype, smoke, trl_scan),
+                                                     classes, smoke)
+    return benches[dtype, trl_scan]
 
   for name in names:
     if time.perf_counter() > deadline:
@@ -142,8 +149,8 @@ def run_worker(names: list[str], args) -> None:
 def _one_row(name, jax_rows, bench, classes, steps, smoke, deadline, args):
   if name == 'matmul_bf16_peak':
     return jax_rows.matmul_peak_row(256 if smoke else 8192, 4 if smoke else 20)
-  if name.startswith('grl_train_') and name.endswith('_recipe'):
-    b = bench('bfloat16' if '_bf16_' in name else 'float32')
+  if name.startswith('grl_train_') and name.endswith(('_recipe', '_unrolled')):
+    b = bench('bfloat16' if '_bf16_' in name else 'float32', not name.endswith('_unrolled'))
     return b.run(name, int(b.config.train.global_batch_size), steps)
   if name.startswith('grl_train_') and name.endswith('_max'):
     b = bench('bfloat16' if '_bf16_' in name else 'float32')

@@ -12,9 +12,10 @@ optimiser alone. Per row:
                     - aliased (donated) bytes, i.e. what one step needs on the device
     device_peak_gib the allocator's peak_bytes_in_use so far in this process (GPU/TPU only;
                     cumulative over the rows run before, so an upper bound for this one)
-    flops_per_step  XLA cost analysis of the step. XLA counts a while-loop body once, so for
-                    GRL's scanned TRL (config.model.trl_scan) the count comes from the lowered
-                    HLO of the same step unrolled (trl_scan=False, same maths)
+    flops_per_step  model FLOPs: XLA cost analysis of the lowered (pre-optimisation) step, so
+                    rows that differ only in how XLA compiles the same maths count the same.
+                    XLA counts a while-loop body once, so for GRL's scanned TRL
+                    (config.model.trl_scan) the count is of the same step unrolled
 
 The largest batch that fits is searched with compile-time memory analysis only (no step runs
 until the answer is known, so no OOM): `common.search_largest_batch` doubling then bisecting,
@@ -148,9 +149,12 @@ abstract_batch = memory.abstract_batch
 
 def _describe(config, batch_size: int, smoke: bool) -> dict:
   d, m = config.data, config.model
-  return {'model': str(m.name), 'dtype': str(m.get('dtype', 'float32')),
-          'batch': f'{batch_size}x{d.seq_len}x{d.height}x{d.width}',
-          'sampler': str(d.batch_sampler), 'smoke': bool(smoke)}
+  out = {'model': str(m.name), 'dtype': str(m.get('dtype', 'float32')),
+         'batch': f'{batch_size}x{d.seq_len}x{d.height}x{d.width}',
+         'sampler': str(d.batch_sampler), 'smoke': bool(smoke)}
+  if 'trl_scan' in m:
+    out['trl'] = 'scan' if m.trl_scan else 'unrolled'
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,22 +205,27 @@ class TrainBench:
     return self.compiled[batch_size]
 
   def flops(self, batch_size: int) -> tuple[float | None, str]:
-    """FLOPs of one step at `batch_size` and where the figure comes from."""
-    if not self.config.model.get('trl_scan', False):
-      return cost_flops(self.compile(batch_size)[0]), 'XLA cost analysis of the compiled step'
+    """Model FLOPs of one step at `batch_size` and where the figure comes from: XLA's count on
+    the lowered (pre-optimisation) HLO, so a scanned and an unrolled TRL count the same maths.
+    XLA counts a loop body once, so a scanned TRL is counted on the same step unrolled."""
     if self._flops_per_clip is None:
-      # One unrolled lowering (no compile) at the first batch asked; the count is linear in B.
-      unrolled = self.config.copy_and_resolve_references()
-      with unrolled.unlocked():
-        unrolled.model.trl_scan = False
-      u = setup_lib.build(unrolled, num_classes=self.num_classes, steps_per_epoch=1000,
-                          check_memory=False)
-      abstract = checkpoint.abstract_tree(u.abstract_state, sharding.replicated(u.mesh))
-      lowered = u.train_step.lower(abstract, abstract_batch(unrolled, batch_size, u.mesh))
-      f = cost_flops(lowered)
+      # One lowering (no compile) at the first batch asked; the count is linear in B.
+      config, setup, abstract = self.config, self.setup, self.abstract_state
+      if config.model.get('trl_scan', False):
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+          config.model.trl_scan = False
+        setup = setup_lib.build(config, num_classes=self.num_classes, steps_per_epoch=1000,
+                                check_memory=False)
+        abstract = checkpoint.abstract_tree(setup.abstract_state,
+                                            sharding.replicated(setup.mesh))
+      f = cost_flops(setup.train_step.lower(abstract,
+                                            abstract_batch(config, batch_size, setup.mesh)))
       self._flops_per_clip = (f / batch_size if f else None, batch_size)
     per_clip, counted_at = self._flops_per_clip
-    src = f'XLA cost analysis, lowered HLO with the TRL unrolled, {counted_at} clips'
+    src = f'XLA cost analysis of the lowered step, {counted_at} clips'
+    if self.config.model.get('trl_scan', False):
+      src = src.replace('lowered step', 'lowered step with the TRL unrolled')
     if counted_at != batch_size:
       src += f', scaled to {batch_size}'
     return (per_clip * batch_size if per_clip else None), src
@@ -322,16 +331,17 @@ def eval_extract_row(bench: TrainBench, batch_size: int, steps: int) -> dict:
   b = random_batch(config, batch_size, num_classes)
   g = sharding.to_global({'frames': b['frames'], 'tracklet': b['tracklet']}, s.mesh)
   t0 = time.perf_counter()
-  compiled = s.eval_step.lower(variables, g['frames'], g['tracklet']).compile()
+  lowered = s.eval_step.lower(variables, g['frames'], g['tracklet'])
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops, src = cost_flops(compiled), 'XLA cost analysis of the compiled eval step'
+  flops, src = cost_flops(lowered), 'XLA cost analysis of the lowered eval step'
   if config.model.get('trl_scan', False):
     unrolled = config.copy_and_resolve_references()
     with unrolled.unlocked():
       unrolled.model.trl_scan = False
     u = setup_lib.build(unrolled, num_classes=num_classes, steps_per_epoch=1000, train=False)
     flops = cost_flops(u.eval_step.lower(variables, g['frames'], g['tracklet']))
-    src = 'XLA cost analysis, lowered HLO with the TRL unrolled'
+    src = 'XLA cost analysis of the lowered eval step with the TRL unrolled'
   times = common.time_calls(lambda: compiled(variables, g['frames'], g['tracklet']), _sync,
                             steps=steps, warmup=1)
   step_s = common.median(times)
