@@ -25,7 +25,8 @@ repository root, with `carry: [".whl", "scratch/GRL"]` and a time limit of 600 s
 
     pip install -q --no-index --no-deps --target /tmp/pylib .whl/*.whl && \
     PYTHONPATH=/tmp/pylib:. XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 PYTHONUNBUFFERED=1 \
-    python3 -m benchmarks.device_suite --out=$OUT/device_suite.jsonl && \
+    python3 -m benchmarks.device_suite --out=$OUT/device_suite.jsonl \
+      --profile=$OUT/grl_profile.json && \
     cp benchmarks/RESULTS.md $OUT/
 
 What travels: the working tree (this repo) plus two ignored folders: `.whl/` holding the
@@ -35,6 +36,9 @@ flysnowtiger/GRL (`git -C <mirror> archive HEAD | tar -x -C scratch/GRL`). The s
 `--budget_s` (default 480 s: about 8 minutes): a measurement not started in time is reported as
 skipped ('time budget'), and the largest-batch searches stop early with the best batch found.
 Back here, `python -m benchmarks.device_suite --record_from=<the jsonl>` appends the table.
+`--profile` traces a few more steps of the bf16 GRL recipe row and brings back where its device
+time goes, op by op, with the trace and the optimised HLO (benchmarks/device/profile.py: three
+files beside the JSON, under the device machine's limit of 8 files of 16 MiB).
 
 `--smoke` runs each code path of the suite once at tiny sizes on the CPU (configs/demo.py's
 reduced models: GRL at 4 clips x 2 frames x 64 x 32 in float32, STE-NVAN at 4 x 4, a 64 x 256
@@ -65,8 +69,8 @@ OFFICIAL = ('official_grl_train_amp', 'official_grl_train_fp32')
 # JAX measurements in run order (one worker process on a GPU): fixed-size rows first, the
 # largest-batch searches (the costliest, cut short by the budget) last.
 JAX_ROWS = ('matmul_bf16_peak', 'grl_train_bf16_recipe', 'grl_train_f32_recipe',
-            'grl_train_bf16_unrolled', 'grl_eval_extract', 'evaluate_features', 'nvan_train', 'ste_nvan_train',
-            'iaunet_train', 'grl_train_bf16_max', 'grl_train_f32_max')
+            'grl_train_bf16_unrolled', 'grl_eval_extract', 'evaluate_features', 'nvan_train',
+            'ste_nvan_train', 'iaunet_train', 'grl_train_bf16_max', 'grl_train_f32_max')
 ALL_ROWS = OFFICIAL + JAX_ROWS
 # --smoke runs each code path of the suite once: the rows below repeat another row's code with
 # only a config value changed (dtype, model), and each costs a cold XLA:CPU compile of a whole
@@ -75,6 +79,9 @@ SMOKE_SAME_AS = {'grl_train_bf16_recipe': 'grl_train_f32_recipe',
                  'grl_train_bf16_unrolled': 'grl_train_f32_recipe',
                  'grl_train_bf16_max': 'grl_train_f32_max',
                  'nvan_train': 'ste_nvan_train', 'iaunet_train': 'ste_nvan_train'}
+# The row `--profile` traces: the bf16 recipe step; in a --smoke run without --smoke_all (which
+# skips the bf16 rows) the float32 one.
+PROFILE_ROW = {False: 'grl_train_bf16_recipe', True: 'grl_train_f32_recipe'}
 # --smoke on two cores: two workers of about equal compile work. The GRL rows share one build
 # and one initialiser (the search's first probe is the recipe's compile).
 SMOKE_SPLIT = (('grl_train_f32_recipe', 'grl_train_f32_max', 'grl_eval_extract',
@@ -151,7 +158,8 @@ def _one_row(name, jax_rows, bench, classes, steps, smoke, deadline, args):
     return jax_rows.matmul_peak_row(256 if smoke else 8192, 4 if smoke else 20)
   if name.startswith('grl_train_') and name.endswith(('_recipe', '_unrolled')):
     b = bench('bfloat16' if '_bf16_' in name else 'float32', not name.endswith('_unrolled'))
-    return b.run(name, int(b.config.train.global_batch_size), steps)
+    profile = args.profile if name == PROFILE_ROW[smoke and not args.smoke_all] else None
+    return b.run(name, int(b.config.train.global_batch_size), steps, profile_file=profile)
   if name.startswith('grl_train_') and name.endswith('_max'):
     b = bench('bfloat16' if '_bf16_' in name else 'float32')
     start = int(b.config.train.global_batch_size)
@@ -229,6 +237,8 @@ def _worker_cmd(names, args, budget_left: float) -> list[str]:
   cmd = [sys.executable, '-m', 'benchmarks.device_suite', '--worker', ','.join(names),
          f'--budget_left={budget_left:.1f}', f'--budget_s={args.budget_s}',
          f'--headroom={args.headroom}', f'--steps={args.steps}']
+  if args.profile:
+    cmd.append(f'--profile={os.path.abspath(args.profile)}')
   return cmd + (['--smoke'] if args.smoke else []) + (['--smoke_all'] if args.smoke_all else [])
 
 
@@ -304,6 +314,12 @@ def markdown(rows: list[dict], command: str) -> str:
       note = (f"searched {[p[0] for p in r['search_probes']]} against "
               f"{r['search_limit_gib']:.3g} GiB" + (f", stopped: {r['search_stopped']}"
                                                     if r.get('search_stopped') else ''))
+    if r.get('profile_categories') and not r.get('skipped'):
+      shares = ', '.join(f'{k} {100 * v:.0f}%' for k, v in r['profile_categories'].items())
+      note = (f"profiled: device busy {100 * r['profile_busy_fraction']:.0f}% of the wall "
+              f"time; {shares}")
+    elif r.get('profile_error'):
+      note = f"profile failed: {r['profile_error']}"
     util = '' if r.get('utilisation') is None else f"{100 * r['utilisation']:.1f}%"
     lines.append(f"| {r['name']} | {c.get('dtype', '')} | {c.get('batch', c.get('n', ''))} | "
                  f"{_fmt(r['clips_per_s'], '.1f')} | {_fmt(r['step_s'], '.4g')} | "
@@ -335,6 +351,9 @@ def main(argv=None) -> int:
   p.add_argument('--jobs', type=int, default=0,
                  help='parallel JAX workers (smoke only; 0: 2 for --smoke, else 1)')
   p.add_argument('--grl_dir', default='scratch/GRL', help='copy of flysnowtiger/GRL')
+  p.add_argument('--profile', default=None,
+                 help='trace the GRL recipe step (PROFILE_ROW) and write its summary to this '
+                      'JSON file, the trace and the HLO beside it (benchmarks/device/profile.py)')
   p.add_argument('--torch_python', default=sys.executable,
                  help='Python with torch for the official rows')
   p.add_argument('--results', default=os.path.join(ROOT, 'benchmarks', 'RESULTS.md'))

@@ -54,7 +54,8 @@ def test_smoke_run_without_tensorflow(tmp_path):
   assert check.returncode != 0 and 'blocked by tests' in check.stderr
   out = tmp_path / 'rows.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.device_suite', '--smoke', '--no-record', f'--out={out}'],
+      [sys.executable, '-m', 'benchmarks.device_suite', '--smoke', '--no-record', f'--out={out}',
+       f'--profile={tmp_path / "grl_profile.json"}'],
       cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
@@ -93,6 +94,17 @@ def test_smoke_run_without_tensorflow(tmp_path):
     assert r['config']['batch'].startswith(f'{max(fit)}x')
     assert all(need <= r['search_limit_gib'] for _, ok, need in probes if ok)
     assert all(need > r['search_limit_gib'] for _, ok, need in probes if not ok)
+  # --profile traced the GRL recipe step: the summary, the trace and the HLO beside it.
+  prof = by_name[device_suite.PROFILE_ROW[True]]
+  assert prof['profile_file'] == str(tmp_path / 'grl_profile.json'), prof.get('profile_error')
+  summary = json.loads((tmp_path / 'grl_profile.json').read_text())
+  assert (tmp_path / 'grl_profile.xplane.pb.gz').stat().st_size > 0
+  assert (tmp_path / 'grl_profile.hlo.txt.gz').stat().st_size > 0
+  assert summary['steps'] >= 1 and summary['busy_s_per_step'] > 0
+  assert sum(c['share'] for c in summary['categories'].values()) == pytest.approx(1.0)
+  assert 'convolution' in summary['categories'] or 'matmul' in summary['categories']
+  assert all(r['s_per_step'] > 0 for r in summary['top'])
+  assert any('backbone' in r['op_name'] for r in summary['top']), summary['top'][:5]
   # GRL's TRL is an nn.scan: XLA counts a loop body once, so the count comes from the unrolled
   # lowering, and it covers the whole step (more than the eval forward at the same batch).
   assert 'TRL unrolled' in by_name['grl_train_f32_recipe']['flops_source']
@@ -124,7 +136,9 @@ def test_markdown_table_and_utilisation():
   rows = [common.make_row('matmul_bf16_peak', {'n': 8, 'dtype': 'bfloat16'}, step_s=1.0,
                           flops_per_step=2e12, device='dev', platform='gpu'),
           common.make_row('grl_train_bf16_recipe', {'dtype': 'bfloat16', 'batch': '16x8x256x128'},
-                          clips_per_s=16.0, step_s=1.0, flops_per_step=1e12, device='dev'),
+                          clips_per_s=16.0, step_s=1.0, flops_per_step=1e12, device='dev',
+                          profile_busy_fraction=0.8,
+                          profile_categories={'convolution': 0.6, 'fusion (kLoop)': 0.25}),
           common.skipped_row('official_grl_train_amp', {}, 'no torch here')]
   rows = device_suite.finish(rows)
   assert [r['name'] for r in rows][0] == 'official_grl_train_amp'
@@ -133,3 +147,30 @@ def test_markdown_table_and_utilisation():
   assert md.startswith('## Device suite') and common.DATE in md and 'dev' in md
   assert '| grl_train_bf16_recipe | bfloat16 | 16x8x256x128 | 16.0 |' in md
   assert '50.0%' in md and 'no torch here' in md
+  assert 'device busy 80% of the wall time; convolution 60%, fusion (kLoop) 25%' in md
+
+
+def test_profile_names_ops_by_hlo_and_jax_op(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks.device import profile  # pylint: disable=g-import-not-at-top
+
+  def f(x, w):
+    def body(c, _):
+      return jnp.tanh(c @ w), None
+    return jax.lax.scan(body, x, None, length=3)[0].sum()
+
+  x, w = jnp.ones((256, 256)), jnp.full((256, 256), 1e-3)
+  compiled = jax.jit(f).lower(x, w).compile()
+  summary = profile.profile_step(lambda: compiled(x, w), lambda y: y.block_until_ready(),
+                                 compiled, str(tmp_path / 'p.json'), steps=2)
+  assert json.loads((tmp_path / 'p.json').read_text()) == summary
+  assert summary['steps'] == 2 and summary['ops_seen'] >= 1
+  instrs = profile.parse_hlo(compiled.as_text())
+  # Every op in the summary is an instruction of the compiled module, never a container.
+  assert all(r['op'] in instrs and r['opcode'] not in profile.CONTAINERS
+             for r in summary['top'])
+  matmuls = [r for r in summary['top'] if r['category'] == 'matmul']
+  assert matmuls and any('dot_general' in r['op_name'] for r in matmuls), summary['top']
+  # The matmul runs once per scan step: 3 calls per traced step.
+  assert max(r['calls_per_step'] for r in matmuls) == 3

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.device import common
+from benchmarks.device import profile
 from grl_jax import checkpoint
 from grl_jax import sharding
 from grl_jax import validation
@@ -161,6 +162,19 @@ def _describe(config, batch_size: int, smoke: bool) -> dict:
 # Train steps
 
 
+def _profile(step, compiled, profile_file: str) -> dict:
+  """The row's profile fields: where the summary went and its headline, or why there is none
+  (a profiler failure must not cost the row its timing)."""
+  try:
+    summary = profile.profile_step(step, _sync, compiled, profile_file)
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).splitlines()[0][:200] if str(e) else ''
+    return {'profile_error': f'{type(e).__name__}: {first}'}
+  return {'profile_file': profile_file, 'profile_busy_fraction': summary['busy_fraction'],
+          'profile_categories': {k: round(v['share'] or 0.0, 4)
+                                 for k, v in list(summary['categories'].items())[:6]}}
+
+
 class TrainBench:
   """One config's trainer pieces, built once and reused by the recipe row, the search and the
   largest-batch row (so the model is traced once per config, not once per probe)."""
@@ -230,8 +244,9 @@ class TrainBench:
       src += f', scaled to {batch_size}'
     return (per_clip * batch_size if per_clip else None), src
 
-  def run(self, name: str, batch_size: int, steps: int) -> dict:
-    """Times the step at `batch_size` (compiles it if the search has not)."""
+  def run(self, name: str, batch_size: int, steps: int, profile_file: str | None = None) -> dict:
+    """Times the step at `batch_size` (compiles it if the search has not); with
+    `profile_file`, then traces a few more steps (benchmarks/device/profile.py)."""
     desc = _describe(self.config, batch_size, self.smoke)
     compiled, compile_s = self.compile(batch_size)
     flops, flops_src = self.flops(batch_size)
@@ -246,6 +261,7 @@ class TrainBench:
     try:
       times = common.time_calls(step, _sync, steps=steps, warmup=1)
       loss = float(holder['metrics']['loss'])
+      profiled = _profile(step, compiled, profile_file) if profile_file else {}
       self.give_state(holder['state'])
     except Exception as e:  # pylint: disable=broad-except  (an OOM at run time: report, go on)
       return common.skipped_row(name, desc, f'step failed at batch {batch_size}: '
@@ -260,7 +276,7 @@ class TrainBench:
         compile_s=compile_s, peak_memory_gib=need / GIB if need else None,
         memory_source='XLA memory analysis (args + outputs + temps - aliased)',
         device_peak_gib=_device_peak_gib(), flops_per_step=flops, flops_source=flops_src,
-        loss=loss, steps=steps, **device_info())
+        loss=loss, steps=steps, **profiled, **device_info())
 
   def largest_batch(self, start: int, *, limit_bytes: float | None, headroom: float,
                     resolution: int, max_probes: int, deadline: float | None) -> dict:
