@@ -148,6 +148,15 @@ def random_batch(config, batch_size: int, num_classes: int, seed: int = 0) -> di
 abstract_batch = memory.abstract_batch
 
 
+def unrolled_config(config):
+  """A copy of `config` with GRL's TRL unrolled (trl_scan=False: same maths, and XLA's cost
+  analysis counts each of its T steps, where it counts a scanned loop's body once)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.trl_scan = False
+  return config
+
+
 def _describe(config, batch_size: int, smoke: bool) -> dict:
   d, m = config.data, config.model
   out = {'model': str(m.name), 'dtype': str(m.get('dtype', 'float32')),
@@ -226,9 +235,7 @@ class TrainBench:
       # One lowering (no compile) at the first batch asked; the count is linear in B.
       config, setup, abstract = self.config, self.setup, self.abstract_state
       if config.model.get('trl_scan', False):
-        config = config.copy_and_resolve_references()
-        with config.unlocked():
-          config.model.trl_scan = False
+        config = unrolled_config(config)
         setup = setup_lib.build(config, num_classes=self.num_classes, steps_per_epoch=1000,
                                 check_memory=False)
         abstract = checkpoint.abstract_tree(setup.abstract_state,
@@ -237,9 +244,8 @@ class TrainBench:
                                             abstract_batch(config, batch_size, setup.mesh)))
       self._flops_per_clip = (f / batch_size if f else None, batch_size)
     per_clip, counted_at = self._flops_per_clip
-    src = f'XLA cost analysis of the lowered step, {counted_at} clips'
-    if self.config.model.get('trl_scan', False):
-      src = src.replace('lowered step', 'lowered step with the TRL unrolled')
+    unrolled = ' with the TRL unrolled' if self.config.model.get('trl_scan', False) else ''
+    src = f'XLA cost analysis of the lowered step{unrolled}, {counted_at} clips'
     if counted_at != batch_size:
       src += f', scaled to {batch_size}'
     return (per_clip * batch_size if per_clip else None), src
@@ -350,14 +356,13 @@ def eval_extract_row(bench: TrainBench, batch_size: int, steps: int) -> dict:
   lowered = s.eval_step.lower(variables, g['frames'], g['tracklet'])
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops, src = cost_flops(lowered), 'XLA cost analysis of the lowered eval step'
   if config.model.get('trl_scan', False):
-    unrolled = config.copy_and_resolve_references()
-    with unrolled.unlocked():
-      unrolled.model.trl_scan = False
-    u = setup_lib.build(unrolled, num_classes=num_classes, steps_per_epoch=1000, train=False)
+    u = setup_lib.build(unrolled_config(config), num_classes=num_classes, steps_per_epoch=1000,
+                        train=False)
     flops = cost_flops(u.eval_step.lower(variables, g['frames'], g['tracklet']))
     src = 'XLA cost analysis of the lowered eval step with the TRL unrolled'
+  else:
+    flops, src = cost_flops(lowered), 'XLA cost analysis of the lowered eval step'
   times = common.time_calls(lambda: compiled(variables, g['frames'], g['tracklet']), _sync,
                             steps=steps, warmup=1)
   step_s = common.median(times)

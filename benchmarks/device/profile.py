@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import glob
 import gzip
+import json
 import os
 import re
 import shutil
@@ -161,7 +162,6 @@ def profile_step(step: Callable[[], object], sync: Callable[[object], None], com
   """Traces `steps` calls of `step` (already compiled and warm), writes the summary to
   `out_file` (JSON) with the trace (`<stem>.xplane.pb.gz`) and `compiled`'s HLO
   (`<stem>.hlo.txt.gz`) beside it, and returns the summary."""
-  import json  # pylint: disable=g-import-not-at-top
   stem = out_file[:-len('.json')] if out_file.endswith('.json') else out_file
   hlo = compiled.as_text()
   trace_dir = tempfile.mkdtemp(prefix='grl_jax_trace_')
