@@ -96,7 +96,9 @@ def _kill_in(phase: str, work: str, rng: np.random.Generator) -> str:
       seen = len(child.lines)
       child.wait_for(lambda: any(re.match(_step_line(TRAIN_ONLY), x)
                                  for x in child.lines[seen:]), 300, 'a step after it')
-      time.sleep(rng.uniform(0.0, 0.3))
+      # Within the next step: a demo step takes ~0.1 s here (0.3 s of delay missed it 3 times
+      # running when a resumed run had only steps 5 and 6 left).
+      time.sleep(rng.uniform(0.0, 0.04))
       child.kill()
       landed = None
     rc, out = child.finish(60)
